@@ -1,0 +1,38 @@
+// attnkit: argument validation. Every public entry checks before it touches memory.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#include "config.hpp"
+
+ATTNKIT_BEGIN_NAMESPACE
+
+/// Thrown by every public entry whose arguments are inconsistent; nothing has been written then.
+class invalid_argument : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+namespace detail {
+
+template <std::size_t N>
+std::string shape_string(const std::array<std::ptrdiff_t, N>& e) {
+  std::ostringstream os;
+  os << '[';
+  for (std::size_t i = 0; i < N; ++i) os << (i ? ", " : "") << e[i];
+  os << ']';
+  return os.str();
+}
+
+/// Throws invalid_argument("<where>: <what>") when `ok` is false.
+inline void require(bool ok, const char* where, const std::string& what) {
+  if (!ok) throw invalid_argument(std::string(where) + ": " + what);
+}
+
+}  // namespace detail
+
+ATTNKIT_END_NAMESPACE

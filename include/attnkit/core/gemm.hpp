@@ -1,0 +1,129 @@
+// attnkit: register-blocked block products for the attention kernels.
+//
+// The micro-kernel computes an MR x (NV*W) tile of C = A * Bp, where A is read in place through
+// arbitrary strides (one broadcast per element) and Bp is a packed panel whose rows are contiguous
+// (NV vector loads per step). In the attention kernels the queries are the packed vector dimension,
+// so K and V are consumed straight from the caller's memory without any packing:
+//   scores^T [keys x queries]   = K        [keys x d]   * Q^T [d x queries]
+//   out^T    [dv x queries]    += V^T      [dv x keys]  * P^T [keys x queries]
+// Eigen's GEMM is not used here: for these block shapes (k = 64..128, one pass) its packing costs
+// more than the product; see bench/bench_attention.cpp for the measured comparison (reference).
+#pragma once
+
+#include <Eigen/Core>
+
+#include "config.hpp"
+#include "simd.hpp"
+#include "tensor.hpp"
+
+ATTNKIT_BEGIN_NAMESPACE
+namespace detail {
+
+/// Epilogue and masking of one micro-kernel call.
+template <class T>
+struct tile_args {
+  /// Accumulate: C = C * col_scale[col] + A*B (col_scale may be null: factor 1). Else C = A*B.
+  const T* col_scale = nullptr;
+  /// Masked: the product term of step p reaches column col only when row_base + p < col_limit[col],
+  /// and nothing of A or B (not even NaN) reaches the other columns.
+  const T* col_limit = nullptr;
+  T row_base = T(0);
+};
+
+/// C[r][0..NV*W) (r < MR) = epilogue(sum_{p < kc} A(r, p) * Bp[p][...]), A(r, p) = a[r*a_rs + p*a_cs].
+template <class B, int MR, int NV, bool Accumulate, bool Masked>
+ATTNKIT_ALWAYS_INLINE void micro_kernel(index_t kc, const typename B::value_type* a, index_t a_rs,
+                                        index_t a_cs, const typename B::value_type* bp, index_t ldb,
+                                        typename B::value_type* c, index_t ldc,
+                                        const tile_args<typename B::value_type>& args) {
+  using T = typename B::value_type;
+  constexpr int W = B::size;
+  B acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = B::zero();
+  B lim[Masked ? NV : 1];
+  if constexpr (Masked)
+    for (int v = 0; v < NV; ++v) lim[v] = B::load(args.col_limit + v * W);
+  const T* ar[MR];
+  for (int r = 0; r < MR; ++r) ar[r] = a + r * a_rs;
+  for (index_t p = 0; p < kc; ++p) {
+    B bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = B::load(bp + p * ldb + v * W);
+    if constexpr (Masked) {
+      typename B::mask_type m[NV];
+      const B row = B::broadcast(args.row_base + static_cast<T>(p));
+      for (int v = 0; v < NV; ++v) m[v] = row < lim[v];
+      for (int r = 0; r < MR; ++r) {
+        const B x = B::broadcast(ar[r][p * a_cs]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = fma_masked(m[v], x, bv[v], acc[r][v]);
+      }
+    } else {
+      for (int r = 0; r < MR; ++r) {
+        const B x = B::broadcast(ar[r][p * a_cs]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = fma(x, bv[v], acc[r][v]);
+      }
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    T* cr = c + r * ldc;
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (Accumulate) {
+        const B old = B::load(cr + v * W);
+        acc[r][v] = args.col_scale ? fma(old, B::load(args.col_scale + v * W), acc[r][v]) : old + acc[r][v];
+      }
+      acc[r][v].store(cr + v * W);
+    }
+  }
+}
+
+/// The same over `rows` rows (any count): full MR tiles, then one smaller tile for the remainder.
+template <class B, int MR, int NV, bool Accumulate, bool Masked>
+inline void block_product(index_t rows, index_t kc, const typename B::value_type* a, index_t a_rs,
+                          index_t a_cs, const typename B::value_type* bp, index_t ldb,
+                          typename B::value_type* c, index_t ldc,
+                          const tile_args<typename B::value_type>& args) {
+  index_t r0 = 0;
+  for (; r0 + MR <= rows; r0 += MR)
+    micro_kernel<B, MR, NV, Accumulate, Masked>(kc, a + r0 * a_rs, a_rs, a_cs, bp, ldb, c + r0 * ldc,
+                                                ldc, args);
+  const index_t rest = rows - r0;
+  if (rest == 0) return;
+  a += r0 * a_rs;
+  c += r0 * ldc;
+  // One instantiation per remainder size keeps the accumulators in registers.
+  if constexpr (MR > 1) {
+    switch (rest) {
+#define ATTNKIT_REST_CASE(n)                                                                     \
+  case n:                                                                                      \
+    if constexpr (n < MR) micro_kernel<B, n, NV, Accumulate, Masked>(kc, a, a_rs, a_cs, bp, ldb, c, ldc, args); \
+    break;
+      ATTNKIT_REST_CASE(1)
+      ATTNKIT_REST_CASE(2)
+      ATTNKIT_REST_CASE(3)
+      ATTNKIT_REST_CASE(4)
+      ATTNKIT_REST_CASE(5)
+      ATTNKIT_REST_CASE(6)
+      ATTNKIT_REST_CASE(7)
+      ATTNKIT_REST_CASE(8)
+      ATTNKIT_REST_CASE(9)
+      ATTNKIT_REST_CASE(10)
+      ATTNKIT_REST_CASE(11)
+#undef ATTNKIT_REST_CASE
+      default:
+        break;
+    }
+  }
+}
+
+/// A rank-2 view as an Eigen map (for block math on strided memory).
+template <class T>
+auto as_eigen(const tensor_view<T, 2>& x) {
+  using M = std::conditional_t<std::is_const_v<T>,
+                               const Eigen::Matrix<std::remove_const_t<T>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>,
+                               Eigen::Matrix<std::remove_const_t<T>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+  using S = Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>;
+  return Eigen::Map<M, Eigen::Unaligned, S>(x.data(), x.extent(0), x.extent(1), S(x.stride(0), x.stride(1)));
+}
+
+}  // namespace detail
+ATTNKIT_END_NAMESPACE

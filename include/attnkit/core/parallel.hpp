@@ -1,0 +1,43 @@
+// attnkit: parallel_for over independent tasks. Every task writes its own outputs and the
+// partition of work into tasks never depends on the thread count, so results are bitwise identical
+// for any number of threads. Uses OpenMP when the consumer compiles with it, else runs serially.
+#pragma once
+
+#include "config.hpp"
+
+#if ATTNKIT_HAS_OPENMP
+#include <omp.h>
+#endif
+
+ATTNKIT_BEGIN_NAMESPACE
+
+/// The number of threads `threads` (0: all) resolves to for `tasks` tasks: at least 1, at most tasks.
+inline int resolve_threads(int threads, index_t tasks) {
+#if ATTNKIT_HAS_OPENMP
+  int nt = threads > 0 ? threads : omp_get_max_threads();
+  if (omp_in_parallel()) nt = 1;  // never nest: the caller already owns the cores
+#else
+  int nt = 1;
+  (void)threads;
+#endif
+  if (tasks < nt) nt = tasks < 1 ? 1 : static_cast<int>(tasks);
+  return nt;
+}
+
+/// Calls f(task, thread) for every task in [0, n) on up to `threads` threads (0: all); thread is
+/// in [0, resolve_threads(threads, n)). f must not throw.
+template <class F>
+void parallel_for(index_t n, int threads, F&& f) {
+  const int nt = resolve_threads(threads, n);
+#if ATTNKIT_HAS_OPENMP
+  if (nt > 1) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (index_t t = 0; t < n; ++t) f(t, omp_get_thread_num());
+    return;
+  }
+#endif
+  (void)nt;
+  for (index_t t = 0; t < n; ++t) f(t, 0);
+}
+
+ATTNKIT_END_NAMESPACE

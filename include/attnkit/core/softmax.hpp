@@ -1,0 +1,86 @@
+// attnkit: stable softmax, log-sum-exp and the online-softmax state of the tiled kernels.
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+#include "config.hpp"
+#include "math.hpp"
+#include "simd.hpp"
+
+ATTNKIT_BEGIN_NAMESPACE
+
+/// Returns log(sum_i exp(x[i])) over n contiguous elements without overflow (-inf when n == 0
+/// or every x is -inf).
+template <class Arch = simd::native, class T>
+T log_sum_exp(const T* x, index_t n) {
+  using B = simd::batch<T, Arch>;
+  constexpr int W = B::size;
+  T m = -std::numeric_limits<T>::infinity();
+  for (index_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  if (!(m > -std::numeric_limits<T>::infinity())) return m;  // empty, all -inf, or NaN
+  const B mb = B::broadcast(m);
+  B acc = B::zero();
+  index_t i = 0;
+  for (; i + W <= n; i += W) acc = acc + exp(B::load(x + i) - mb);
+  if (i < n) acc = acc + select(B::iota() < B::broadcast(T(n - i)), exp(B::load_partial(x + i, int(n - i)) - mb), B::zero());
+  return m + std::log(reduce_add(acc));
+}
+
+/// Replaces x[0..n) by softmax(x) (max-subtracted). A row of all -inf becomes all zeros.
+template <class Arch = simd::native, class T>
+void softmax_inplace(T* x, index_t n) {
+  using B = simd::batch<T, Arch>;
+  constexpr int W = B::size;
+  T m = -std::numeric_limits<T>::infinity();
+  for (index_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  if (m == -std::numeric_limits<T>::infinity()) {
+    for (index_t i = 0; i < n; ++i) x[i] = T(0);
+    return;
+  }
+  const B mb = B::broadcast(m);
+  B acc = B::zero();
+  index_t i = 0;
+  for (; i + W <= n; i += W) {
+    const B e = exp(B::load(x + i) - mb);
+    e.store(x + i);
+    acc = acc + e;
+  }
+  T s = reduce_add(acc);
+  for (; i < n; ++i) {
+    x[i] = exp_scalar(x[i] - m);
+    s += x[i];
+  }
+  const T inv = T(1) / s;
+  for (i = 0; i < n; ++i) x[i] *= inv;
+}
+
+/// Running state of a softmax computed block by block: max m and sum l of exp(x - m).
+/// Scores may be in natural units (use exp) or pre-multiplied by log2(e) (use exp2); the state
+/// only needs the matching exponential.
+template <class T>
+struct online_softmax_state {
+  T m = -std::numeric_limits<T>::infinity();
+  T l = T(0);
+
+  /// The shift to subtract from scores so that exponentials stay finite (0 while nothing is seen).
+  static T shift(T max_value) {
+    return max_value == -std::numeric_limits<T>::infinity() ? T(0) : max_value;
+  }
+};
+
+/// Vector form of online_softmax_state for one column batch of queries.
+template <class B>
+struct online_softmax_batch {
+  B m = B::broadcast(-std::numeric_limits<typename B::value_type>::infinity());
+  B l = B::zero();
+
+  /// A max of -inf (no key seen) shifts by 0 instead, so exp2(-inf - 0) = 0 and never NaN.
+  static B shift(B max_value) {
+    using T = typename B::value_type;
+    const B ninf = B::broadcast(-std::numeric_limits<T>::infinity());
+    return select(ninf < max_value, max_value, B::zero());
+  }
+};
+
+ATTNKIT_END_NAMESPACE
