@@ -28,10 +28,16 @@ struct tile_args {
   /// and nothing of A or B (not even NaN) reaches the other columns.
   const T* col_limit = nullptr;
   T row_base = T(0);
+  /// Not accumulating: col_max[col] = max(col_max[col], max_r C[r][col]) (may be null: skipped).
+  T* col_max = nullptr;
 };
 
+/// How A is addressed: unit_col (a_cs == 1: rows of A are contiguous, e.g. K rows),
+/// unit_row (a_rs == 1: columns of A are contiguous, e.g. V^T read from V rows), or general.
+enum class a_layout { general, unit_col, unit_row };
+
 /// C[r][0..NV*W) (r < MR) = epilogue(sum_{p < kc} A(r, p) * Bp[p][...]), A(r, p) = a[r*a_rs + p*a_cs].
-template <class B, int MR, int NV, bool Accumulate, bool Masked>
+template <class B, int MR, int NV, bool Accumulate, bool Masked, a_layout L>
 ATTNKIT_ALWAYS_INLINE void micro_kernel(index_t kc, const typename B::value_type* a, index_t a_rs,
                                         index_t a_cs, const typename B::value_type* bp, index_t ldb,
                                         typename B::value_type* c, index_t ldc,
@@ -46,6 +52,12 @@ ATTNKIT_ALWAYS_INLINE void micro_kernel(index_t kc, const typename B::value_type
     for (int v = 0; v < NV; ++v) lim[v] = B::load(args.col_limit + v * W);
   const T* ar[MR];
   for (int r = 0; r < MR; ++r) ar[r] = a + r * a_rs;
+  // The broadcast operand A(r, p) in the addressing the layout allows the compiler to use best.
+  auto a_at = [&](int r, index_t p) -> T {
+    if constexpr (L == a_layout::unit_col) return ar[r][p];
+    else if constexpr (L == a_layout::unit_row) return a[p * a_cs + r];
+    else return ar[r][p * a_cs];
+  };
   for (index_t p = 0; p < kc; ++p) {
     B bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = B::load(bp + p * ldb + v * W);
@@ -54,38 +66,51 @@ ATTNKIT_ALWAYS_INLINE void micro_kernel(index_t kc, const typename B::value_type
       const B row = B::broadcast(args.row_base + static_cast<T>(p));
       for (int v = 0; v < NV; ++v) m[v] = row < lim[v];
       for (int r = 0; r < MR; ++r) {
-        const B x = B::broadcast(ar[r][p * a_cs]);
+        const B x = B::broadcast(a_at(r, p));
         for (int v = 0; v < NV; ++v) acc[r][v] = fma_masked(m[v], x, bv[v], acc[r][v]);
       }
     } else {
       for (int r = 0; r < MR; ++r) {
-        const B x = B::broadcast(ar[r][p * a_cs]);
+        const B x = B::broadcast(a_at(r, p));
         for (int v = 0; v < NV; ++v) acc[r][v] = fma(x, bv[v], acc[r][v]);
       }
     }
   }
-  for (int r = 0; r < MR; ++r) {
-    T* cr = c + r * ldc;
-    for (int v = 0; v < NV; ++v) {
-      if constexpr (Accumulate) {
-        const B old = B::load(cr + v * W);
-        acc[r][v] = args.col_scale ? fma(old, B::load(args.col_scale + v * W), acc[r][v]) : old + acc[r][v];
+  if constexpr (!Accumulate) {
+    if (args.col_max) {
+      for (int v = 0; v < NV; ++v) {
+        B m = acc[0][v];
+        for (int r = 1; r < MR; ++r) m = max(m, acc[r][v]);
+        max(B::load(args.col_max + v * W), m).store(args.col_max + v * W);
       }
-      acc[r][v].store(cr + v * W);
     }
   }
+  if constexpr (Accumulate) {
+    // Read the scale once into registers: stores to C could alias args for the compiler.
+    if (const T* cs = args.col_scale) {
+      B scale[NV];
+      for (int v = 0; v < NV; ++v) scale[v] = B::load(cs + v * W);
+      for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = fma(B::load(c + r * ldc + v * W), scale[v], acc[r][v]);
+    } else {
+      for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = B::load(c + r * ldc + v * W) + acc[r][v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v].store(c + r * ldc + v * W);
 }
 
 /// The same over `rows` rows (any count): full MR tiles, then one smaller tile for the remainder.
-template <class B, int MR, int NV, bool Accumulate, bool Masked>
-inline void block_product(index_t rows, index_t kc, const typename B::value_type* a, index_t a_rs,
-                          index_t a_cs, const typename B::value_type* bp, index_t ldb,
-                          typename B::value_type* c, index_t ldc,
-                          const tile_args<typename B::value_type>& args) {
+template <class B, int MR, int NV, bool Accumulate, bool Masked, a_layout L>
+inline void block_product_impl(index_t rows, index_t kc, const typename B::value_type* a, index_t a_rs,
+                               index_t a_cs, const typename B::value_type* bp, index_t ldb,
+                               typename B::value_type* c, index_t ldc,
+                               const tile_args<typename B::value_type>& args) {
   index_t r0 = 0;
   for (; r0 + MR <= rows; r0 += MR)
-    micro_kernel<B, MR, NV, Accumulate, Masked>(kc, a + r0 * a_rs, a_rs, a_cs, bp, ldb, c + r0 * ldc,
-                                                ldc, args);
+    micro_kernel<B, MR, NV, Accumulate, Masked, L>(kc, a + r0 * a_rs, a_rs, a_cs, bp, ldb, c + r0 * ldc,
+                                                   ldc, args);
   const index_t rest = rows - r0;
   if (rest == 0) return;
   a += r0 * a_rs;
@@ -93,9 +118,10 @@ inline void block_product(index_t rows, index_t kc, const typename B::value_type
   // One instantiation per remainder size keeps the accumulators in registers.
   if constexpr (MR > 1) {
     switch (rest) {
-#define ATTNKIT_REST_CASE(n)                                                                     \
-  case n:                                                                                      \
-    if constexpr (n < MR) micro_kernel<B, n, NV, Accumulate, Masked>(kc, a, a_rs, a_cs, bp, ldb, c, ldc, args); \
+#define ATTNKIT_REST_CASE(n)                                                                          \
+  case n:                                                                                           \
+    if constexpr (n < MR)                                                                           \
+      micro_kernel<B, n, NV, Accumulate, Masked, L>(kc, a, a_rs, a_cs, bp, ldb, c, ldc, args);      \
     break;
       ATTNKIT_REST_CASE(1)
       ATTNKIT_REST_CASE(2)
@@ -113,6 +139,21 @@ inline void block_product(index_t rows, index_t kc, const typename B::value_type
         break;
     }
   }
+}
+
+/// C (rows x NV*W, row stride ldc) = epilogue(A * Bp) with A(r, p) = a[r*a_rs + p*a_cs] for any
+/// strides, Bp (kc x NV*W) packed with row stride ldb. See tile_args for the epilogue and masking.
+template <class B, int MR, int NV, bool Accumulate, bool Masked>
+inline void block_product(index_t rows, index_t kc, const typename B::value_type* a, index_t a_rs,
+                          index_t a_cs, const typename B::value_type* bp, index_t ldb,
+                          typename B::value_type* c, index_t ldc,
+                          const tile_args<typename B::value_type>& args) {
+  if (a_cs == 1)
+    block_product_impl<B, MR, NV, Accumulate, Masked, a_layout::unit_col>(rows, kc, a, a_rs, a_cs, bp, ldb, c, ldc, args);
+  else if (a_rs == 1)
+    block_product_impl<B, MR, NV, Accumulate, Masked, a_layout::unit_row>(rows, kc, a, a_rs, a_cs, bp, ldb, c, ldc, args);
+  else
+    block_product_impl<B, MR, NV, Accumulate, Masked, a_layout::general>(rows, kc, a, a_rs, a_cs, bp, ldb, c, ldc, args);
 }
 
 /// A rank-2 view as an Eigen map (for block math on strided memory).

@@ -72,13 +72,13 @@ void decode_attention(const attention_shape& s, const tensor_view<const T, 4>& q
       index_t j = j0;
       B acc = B::zero();
       for (; j + W <= j1; j += W) {
-        const B p = exp2(B::load(sc + (j - j0)) - B::broadcast(sh));
+        const B p = exp2_nonpositive(B::load(sc + (j - j0)) - B::broadcast(sh));
         p.store(sc + (j - j0));
         acc = acc + p;
       }
       l = reduce_add(acc);
       for (; j < j1; ++j) {
-        sc[j - j0] = exp2(simd::batch<T, simd::scalar>{sc[j - j0] - sh}).v;
+        sc[j - j0] = exp2_nonpositive(simd::batch<T, simd::scalar>{sc[j - j0] - sh}).v;
         l += sc[j - j0];
       }
       T* o = pr + 2;
@@ -108,7 +108,7 @@ void decode_attention(const attention_shape& s, const tensor_view<const T, 4>& q
       T* o0 = part.data() + ((bh * nchunk + 0) * rows + r) * stride_part + 2;
       for (index_t c = 0; c < nchunk; ++c) {
         const T* pr = part.data() + ((bh * nchunk + c) * rows + r) * stride_part;
-        const T f = pr[1] > T(0) ? exp2(simd::batch<T, simd::scalar>{pr[0] - sh}).v : T(0);
+        const T f = pr[1] > T(0) ? exp2_nonpositive(simd::batch<T, simd::scalar>{pr[0] - sh}).v : T(0);
         l += pr[1] * f;
         if (c == 0) {
           for (index_t e = 0; e < s.dv; ++e) o0[e] *= f;

@@ -49,10 +49,10 @@ struct flash_tiling<T, simd::avx512> {
 /// Per-thread scratch of the tiled kernel (64-byte aligned, reused across tasks).
 template <class T>
 struct flash_workspace {
-  tensor<T, 1> qt, st, ot, m, l, alpha, kend;
+  tensor<T, 1> qt, st, ot, m, l, alpha, kend, mnew;
   std::vector<index_t> col_head, col_query;
   flash_workspace(index_t dk, index_t dv, index_t br, index_t bc)
-      : qt({dk * br}), st({bc * br}), ot({dv * br}), m({br}), l({br}), alpha({br}), kend({br}),
+      : qt({dk * br}), st({bc * br}), ot({dv * br}), m({br}), l({br}), alpha({br}), kend({br}), mnew({br}),
         col_head(static_cast<std::size_t>(br)), col_query(static_cast<std::size_t>(br)) {}
 };
 
@@ -109,9 +109,15 @@ void flash_task(const attention_shape& s, const tensor_view<const T, 4>& q,
   for (index_t j0 = 0; j0 < kmax; j0 += Bc) {
     const index_t nk = std::min(Bc, kmax - j0);
     const bool masked = j0 + nk > kmin;  // some column does not see every key of this block
+    // The new running max can come out of the product's epilogue only when every logit of the
+    // block is final and visible; otherwise a masked key's logit must not move the shift.
+    const bool fused_max = !masked && !bias;
+    T* mnew = ws.mnew.data();
+    std::copy(ws.m.data(), ws.m.data() + Br, mnew);
+    tile_args<T> g1;
+    if (fused_max) g1.col_max = mnew;
     // S^T = K_blk * Q^T
-    block_product<B, MR, NV, false, false>(nk, s.dk, kb + j0 * sk_j, sk_j, sk_d, qt, Br, st, Br,
-                                           tile_args<T>{});
+    block_product<B, MR, NV, false, false>(nk, s.dk, kb + j0 * sk_j, sk_j, sk_d, qt, Br, st, Br, g1);
     if (bias) {
       for (index_t jj = 0; jj < nk; ++jj)
         for (index_t c = 0; c < ncols; ++c)
@@ -132,18 +138,38 @@ void flash_task(const attention_shape& s, const tensor_view<const T, 4>& q,
     for (int cv = 0; cv < Br / W; ++cv) {
       const index_t off = cv * W;
       const B m_old = B::load(ws.m.data() + off);
-      B mx = m_old;
-      for (index_t jj = 0; jj < nk; ++jj) mx = max(mx, B::load(st + jj * Br + off));
-      const B sh = online_softmax_batch<B>::shift(mx);
-      B sum = B::zero();
-      for (index_t jj = 0; jj < nk; ++jj) {
-        const B p = exp2(B::load(st + jj * Br + off) - sh);
-        p.store(st + jj * Br + off);
-        sum = sum + p;
+      B mx = B::load(mnew + off);
+      if (!fused_max) {
+        B m1 = mx, m2 = mx, m3 = mx;  // independent chains hide the latency of max
+        index_t jj = 0;
+        for (; jj + 4 <= nk; jj += 4) {
+          mx = max(mx, B::load(st + jj * Br + off));
+          m1 = max(m1, B::load(st + (jj + 1) * Br + off));
+          m2 = max(m2, B::load(st + (jj + 2) * Br + off));
+          m3 = max(m3, B::load(st + (jj + 3) * Br + off));
+        }
+        for (; jj < nk; ++jj) mx = max(mx, B::load(st + jj * Br + off));
+        mx = max(max(mx, m1), max(m2, m3));
       }
-      const B alpha = exp2(m_old - sh);
+      const B sh = online_softmax_batch<B>::shift(mx);
+      B sum0 = B::zero(), sum1 = B::zero();
+      index_t jj = 0;
+      for (; jj + 2 <= nk; jj += 2) {
+        const B p0 = exp2_nonpositive(B::load(st + jj * Br + off) - sh);
+        const B p1 = exp2_nonpositive(B::load(st + (jj + 1) * Br + off) - sh);
+        p0.store(st + jj * Br + off);
+        p1.store(st + (jj + 1) * Br + off);
+        sum0 = sum0 + p0;
+        sum1 = sum1 + p1;
+      }
+      if (jj < nk) {
+        const B p0 = exp2_nonpositive(B::load(st + jj * Br + off) - sh);
+        p0.store(st + jj * Br + off);
+        sum0 = sum0 + p0;
+      }
+      const B alpha = exp2_nonpositive(m_old - sh);
       alpha.store(ws.alpha.data() + off);
-      fma(B::load(ws.l.data() + off), alpha, sum).store(ws.l.data() + off);
+      fma(B::load(ws.l.data() + off), alpha, sum0 + sum1).store(ws.l.data() + off);
       mx.store(ws.m.data() + off);
     }
     // O^T = O^T * alpha + V_blk^T * P^T
