@@ -58,6 +58,7 @@ ATTNKIT_ALWAYS_INLINE void micro_kernel(index_t kc, const typename B::value_type
     else if constexpr (L == a_layout::unit_row) return a[p * a_cs + r];
     else return ar[r][p * a_cs];
   };
+#pragma GCC unroll 4
   for (index_t p = 0; p < kc; ++p) {
     B bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = B::load(bp + p * ldb + v * W);

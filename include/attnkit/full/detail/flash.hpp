@@ -41,8 +41,8 @@ struct flash_tiling<T, simd::scalar> {
 };
 template <class T>
 struct flash_tiling<T, simd::avx512> {
-  static constexpr int NV = 3;
-  static constexpr int MR = 8;
+  static constexpr int NV = 4;
+  static constexpr int MR = 6;
   static constexpr index_t Bc = 128;
 };
 
