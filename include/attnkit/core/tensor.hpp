@@ -70,6 +70,17 @@ class tensor_view {
     return data_[off];
   }
 
+  /// Returns the address of element idx... without bounds checks: for address arithmetic where an
+  /// extent may be 0 (the pointer is then never dereferenced).
+  template <class... I>
+  T* ptr(I... idx) const {
+    static_assert(sizeof...(I) == Rank, "tensor_view: wrong number of indices");
+    const index_t ix[] = {static_cast<index_t>(idx)...};
+    index_t off = 0;
+    for (std::size_t d = 0; d < Rank; ++d) off += ix[d] * strides_[d];
+    return data_ + off;
+  }
+
   /// Fixes the first index: returns the rank-(Rank-1) view at `i`.
   tensor_view<T, Rank - 1> operator[](index_t i) const {
     static_assert(Rank > 1, "tensor_view: operator[] needs rank >= 2");

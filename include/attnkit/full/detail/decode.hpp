@@ -57,7 +57,7 @@ void decode_attention(const attention_shape& s, const tensor_view<const T, 4>& q
       T m = -std::numeric_limits<T>::infinity();
       for (index_t p = 0; p < s.dk; ++p) qv[p] = q(b, h, i, p) * qscale;
       for (index_t j = j0; j < j1; ++j) {
-        const T* kr = &k(b, hkv, j, 0);
+        const T* kr = k.ptr(b, hkv, j, 0);
         if (k.stride(3) != 1) {
           for (index_t p = 0; p < s.dk; ++p) krow[p] = kr[p * k.stride(3)];
           kr = krow;
@@ -84,7 +84,7 @@ void decode_attention(const attention_shape& s, const tensor_view<const T, 4>& q
       T* o = pr + 2;
       std::fill(o, o + s.dv, T(0));
       for (j = j0; j < j1; ++j) {
-        const T* vr = &v(b, hkv, j, 0);
+        const T* vr = v.ptr(b, hkv, j, 0);
         if (v.stride(3) != 1) {
           for (index_t e = 0; e < s.dv; ++e) vrow[e] = vr[e * v.stride(3)];
           vr = vrow;

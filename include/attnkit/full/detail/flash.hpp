@@ -88,7 +88,7 @@ void flash_task(const attention_shape& s, const tensor_view<const T, 4>& q,
       kend[c] = static_cast<T>(e);
       kmin = std::min(kmin, e);
       kmax = std::max(kmax, e);
-      const T* qrow = &q(b, h, i, 0);
+      const T* qrow = q.ptr(b, h, i, 0);
       const index_t qs = q.stride(3);
       for (index_t p = 0; p < s.dk; ++p) qt[p * Br + c] = qrow[p * qs] * qscale;
     } else {
@@ -102,8 +102,8 @@ void flash_task(const attention_shape& s, const tensor_view<const T, 4>& q,
   }
   std::fill(ot, ot + s.dv * Br, T(0));
 
-  const T* kb = s.Lk > 0 ? &k(b, hkv, 0, 0) : nullptr;
-  const T* vb = s.Lk > 0 ? &v(b, hkv, 0, 0) : nullptr;
+  const T* kb = k.ptr(b, hkv, 0, 0);
+  const T* vb = v.ptr(b, hkv, 0, 0);
   const index_t sk_j = k.stride(2), sk_d = k.stride(3);
   const index_t sv_j = v.stride(2), sv_d = v.stride(3);
   for (index_t j0 = 0; j0 < kmax; j0 += Bc) {
@@ -187,7 +187,7 @@ void flash_task(const attention_shape& s, const tensor_view<const T, 4>& q,
   for (index_t c = 0; c < ncols; ++c) {
     const T l = ws.l.data()[c];
     const T inv = l > T(0) ? T(1) / l : T(0);
-    T* orow = &out(b, ws.col_head[c], ws.col_query[c], 0);
+    T* orow = out.ptr(b, ws.col_head[c], ws.col_query[c], 0);
     const index_t os = out.stride(3);
     for (index_t e = 0; e < s.dv; ++e) orow[e * os] = ot[e * Br + c] * inv;
   }
