@@ -1,0 +1,188 @@
+// attnkit benchmarks: peak extra memory of full_attention, to show that it does not grow with L*L.
+//
+// Every operator new / delete of the process goes through the counting versions below; the peak
+// of the bytes live during one call, minus the bytes live before it, is what the call allocated
+// at most (workspaces, per-thread scratch). As a cross-check the peak resident set (VmHWM) is
+// reset through /proc/self/clear_refs before the call and read after it.
+// The naive reference would materialize one Lq x Lk fp32 score matrix per head: its L*L*4 bytes
+// are printed, not run (4 GiB at L = 32768).
+//
+//   attention_memory                      # L in {8192, 16384, 32768}, H = 1, d = 64, threads 1 and all
+//   attention_memory --L=4096,65536 --d=128 --heads=2 --threads=1 --causal
+#include <malloc.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <new>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "measure.hpp"
+
+namespace {
+
+std::atomic<long long> g_live{0};
+std::atomic<long long> g_peak{0};
+std::atomic<long long> g_count{0};
+
+void note_alloc(void* p) {
+  const auto n = static_cast<long long>(malloc_usable_size(p));
+  const long long live = g_live.fetch_add(n) + n;
+  long long peak = g_peak.load();
+  while (live > peak && !g_peak.compare_exchange_weak(peak, live)) {
+  }
+  g_count.fetch_add(1);
+}
+void note_free(void* p) {
+  if (p) g_live.fetch_sub(static_cast<long long>(malloc_usable_size(p)));
+}
+void* counted_alloc(std::size_t n) {
+  void* p = std::malloc(n ? n : 1);
+  if (!p) throw std::bad_alloc();
+  note_alloc(p);
+  return p;
+}
+void* counted_alloc_aligned(std::size_t n, std::size_t a) {
+  void* p = nullptr;
+  if (posix_memalign(&p, std::max(a, sizeof(void*)), n ? n : 1) != 0) throw std::bad_alloc();
+  note_alloc(p);
+  return p;
+}
+void counted_free(void* p) noexcept {
+  note_free(p);
+  std::free(p);
+}
+
+/// Peak resident set (kB) from /proc/self/status; "VmHWM" or "VmRSS".
+long long proc_kb(const char* key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(key, 0) == 0) return std::atoll(line.c_str() + std::strlen(key) + 1);
+  return -1;
+}
+/// Resets VmHWM to the current RSS (Linux >= 4.0); returns false when not permitted.
+bool reset_hwm() {
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  return static_cast<bool>(f);
+}
+
+std::vector<long> parse_list(const char* s) {
+  std::vector<long> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) v.push_back(std::atol(item.c_str()));
+  return v;
+}
+
+}  // namespace
+
+void* operator new(std::size_t n) { return counted_alloc(n); }
+void* operator new[](std::size_t n) { return counted_alloc(n); }
+void* operator new(std::size_t n, std::align_val_t a) {
+  return counted_alloc_aligned(n, static_cast<std::size_t>(a));
+}
+void* operator new[](std::size_t n, std::align_val_t a) {
+  return counted_alloc_aligned(n, static_cast<std::size_t>(a));
+}
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  try {
+    return counted_alloc(n);
+  } catch (...) {
+    return nullptr;
+  }
+}
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+  try {
+    return counted_alloc(n);
+  } catch (...) {
+    return nullptr;
+  }
+}
+void operator delete(void* p) noexcept { counted_free(p); }
+void operator delete[](void* p) noexcept { counted_free(p); }
+void operator delete(void* p, std::size_t) noexcept { counted_free(p); }
+void operator delete[](void* p, std::size_t) noexcept { counted_free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { counted_free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { counted_free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { counted_free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { counted_free(p); }
+
+int main(int argc, char** argv) {
+  namespace ab = attnkit_bench;
+  std::vector<long> lengths{8192, 16384, 32768};
+  long d = 64, heads = 1;
+  std::vector<int> threads = ab::default_thread_counts();
+  bool causal = false;
+  for (int i = 1; i < argc; ++i) {
+    const char* a = argv[i];
+    if (std::strncmp(a, "--L=", 4) == 0) {
+      lengths = parse_list(a + 4);
+    } else if (std::strncmp(a, "--d=", 4) == 0) {
+      d = std::atol(a + 4);
+    } else if (std::strncmp(a, "--heads=", 8) == 0) {
+      heads = std::atol(a + 8);
+    } else if (std::strncmp(a, "--threads=", 10) == 0) {
+      threads = ab::parse_thread_list(a + 10);
+    } else if (std::strcmp(a, "--causal") == 0) {
+      causal = true;
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--L=8192,16384,32768] [--d=64] [--heads=1] [--threads=1,2] [--causal]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+
+  std::printf("attnkit full_attention: extra memory of one call (fp32, B=1, H=%ld, d=%ld, %s, SIMD %s)\n",
+              heads, d, causal ? "causal" : "non-causal", attnkit::simd::native::name);
+  std::printf("inputs+output = 4 * H*L*d*4 bytes, allocated and filled before the call (not counted).\n");
+  std::printf("%7s %7s %11s %10s %12s %14s %14s %10s\n", "L", "threads", "inputs MiB", "allocs", "heap peak",
+              "RSS HWM delta", "reference LxL", "time s");
+  for (long L : lengths) {
+    const auto spec = ab::attention_spec::self(
+        L, d, heads, causal ? attnkit::causal_mode::top_left : attnkit::causal_mode::none);
+    ab::attention_problem p(spec);
+    const double inputs_mib = 4.0 * static_cast<double>(heads * L * d) * 4.0 / (1 << 20);
+    for (int t : threads) {
+      attnkit::attention_options opt;
+      opt.threads = t;
+      opt.mask.causal = spec.causal;
+      // Warm up the OpenMP thread pool (its stacks and runtime state are not the kernel's).
+      ab::run_peak_sample(t, 1000);
+      const long long live0 = g_live.load();
+      const long long count0 = g_count.load();
+      g_peak.store(live0);
+      const bool hwm_ok = reset_hwm();
+      const long long rss0 = proc_kb("VmRSS:");
+      const double t0 = ab::now_seconds();
+      attnkit::full_attention(p.q.cview(), p.k.cview(), p.v.cview(), p.out.view(), opt);
+      const double secs = ab::now_seconds() - t0;
+      const long long hwm = proc_kb("VmHWM:");
+      const double heap_kib = static_cast<double>(g_peak.load() - live0) / 1024.0;
+      char rss[32];
+      if (hwm_ok)
+        std::snprintf(rss, sizeof rss, "%.1f KiB", static_cast<double>(hwm - rss0));
+      else
+        std::snprintf(rss, sizeof rss, "n/a");
+      char heap[32];
+      std::snprintf(heap, sizeof heap, "%.1f KiB", heap_kib);
+      char ref[32];
+      std::snprintf(ref, sizeof ref, "%.0f MiB",
+                    static_cast<double>(L) * static_cast<double>(L) * 4.0 / (1 << 20));
+      std::printf("%7ld %7d %11.1f %10lld %12s %14s %14s %10.2f\n", L, t, inputs_mib, g_count.load() - count0,
+                  heap, rss, ref, secs);
+      std::fflush(stdout);
+    }
+  }
+  std::printf(
+      "heap peak: bytes allocated through operator new and live at once during the call;\n"
+      "RSS HWM delta: growth of the resident set's high-water mark during the call (page granular);\n"
+      "reference LxL: the score matrix reference::attention materializes per head (not run).\n");
+  return 0;
+}

@@ -1,0 +1,534 @@
+// attnkit benchmarks: measurement helpers shared by bench/ and examples/tour (no Google Benchmark
+// dependency here; bench/common.hpp adds the Google Benchmark glue on top).
+//
+// The machines we measure on deschedule their vCPUs for hundreds of milliseconds at a time (steal
+// time), and both wall time and thread CPU time include the stalls. Everything here therefore
+// estimates a time as the MINIMUM over many short samples (a few ms each), and a long operator
+// call is timed on a representative slice of its work (a few heads, a few blocks of query rows)
+// whose time is scaled by (FLOPs of the whole call) / (FLOPs of the slice). See plan_samples().
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include <attnkit/attnkit.hpp>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+#if ATTNKIT_HAS_AVX2
+#include <immintrin.h>
+#endif
+
+namespace attnkit_bench {
+
+using attnkit::index_t;
+using f4_cview = attnkit::tensor_view<const float, 4>;
+using f4_view = attnkit::tensor_view<float, 4>;
+
+// ----------------------------------------------------------------------------------------------
+// Clocks and min-of-samples timing
+
+/// Returns a monotonic time stamp in seconds.
+inline double now_seconds() {
+  using clock = std::chrono::steady_clock;
+  return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
+}
+
+/// Runs f() `samples` times and returns the minimum wall time of one call in seconds.
+template <class F>
+double min_time_of(F&& f, int samples) {
+  double best = std::numeric_limits<double>::infinity();
+  for (int s = 0; s < std::max(1, samples); ++s) {
+    const double t0 = now_seconds();
+    f();
+    best = std::min(best, now_seconds() - t0);
+  }
+  return best;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Threads
+
+/// Returns the number of threads an attention call with threads = 0 uses (1 without OpenMP).
+inline int max_threads() {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+/// Returns the 1-minute load average of the machine (-1 when unknown).
+inline double load_average() {
+  double l = -1.0;
+  if (std::FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf", &l) != 1) l = -1.0;
+    std::fclose(f);
+  }
+  return l;
+}
+
+/// Returns the number of online CPUs (1 when unknown).
+inline int online_cpus() {
+  const long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
+/// Resolves a user thread count (0: all) to the count actually used.
+inline int resolve_threads(int threads) { return threads > 0 ? threads : max_threads(); }
+
+/// Returns {1, all threads} without duplicates: the default thread counts of every benchmark.
+inline std::vector<int> default_thread_counts() {
+  std::vector<int> t{1};
+  if (max_threads() > 1) t.push_back(max_threads());
+  return t;
+}
+
+/// Parses "1,2,4" into thread counts (0 means all threads); throws on malformed input.
+inline std::vector<int> parse_thread_list(const std::string& s) {
+  std::vector<int> out;
+  std::size_t pos = 0;
+  while (pos <= s.size()) {
+    const std::size_t comma = std::min(s.find(',', pos), s.size());
+    const int t = std::stoi(s.substr(pos, comma - pos));
+    if (t < 0) throw std::invalid_argument("thread count must be >= 0: " + s);
+    const int r = resolve_threads(t);
+    if (std::find(out.begin(), out.end(), r) == out.end()) out.push_back(r);
+    pos = comma + 1;
+  }
+  return out;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Random inputs
+
+/// Fills `n` floats at `p` with uniform values in [lo, hi) from a splitmix64 stream.
+inline void fill_uniform(float* p, index_t n, std::uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::uint64_t x = seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull;
+  const float span = (hi - lo) / 16777216.0f;  // 2^24 values
+  for (index_t i = 0; i < n; ++i) {
+    x += 0x9E3779B97F4A7C15ull;
+    std::uint64_t z = x;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    p[i] = lo + static_cast<float>(z >> 40) * span;
+  }
+}
+
+/// Fills a whole owning tensor with uniform values in [lo, hi).
+template <std::size_t Rank>
+void fill_uniform(attnkit::tensor<float, Rank>& t, std::uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  fill_uniform(t.data(), t.size(), seed, lo, hi);
+}
+
+// ----------------------------------------------------------------------------------------------
+// Measured FMA peak (fp32, native SIMD width, independent accumulators kept in registers)
+
+#if ATTNKIT_HAS_AVX512
+using peak_vec = __m512;
+inline constexpr int peak_lanes = 16;
+inline constexpr const char* peak_isa = "avx512 (zmm)";
+#define ATTNKIT_BENCH_SET1 _mm512_set1_ps
+#define ATTNKIT_BENCH_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define ATTNKIT_BENCH_ADD _mm512_add_ps
+#define ATTNKIT_BENCH_REG "+v"
+inline float peak_hsum(peak_vec v) { return _mm512_reduce_add_ps(v); }
+#elif ATTNKIT_HAS_AVX2
+using peak_vec = __m256;
+inline constexpr int peak_lanes = 8;
+inline constexpr const char* peak_isa = "avx2 (ymm)";
+#define ATTNKIT_BENCH_SET1 _mm256_set1_ps
+#define ATTNKIT_BENCH_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define ATTNKIT_BENCH_ADD _mm256_add_ps
+#define ATTNKIT_BENCH_REG "+v"
+inline float peak_hsum(peak_vec v) {
+  alignas(32) float t[8];
+  _mm256_store_ps(t, v);
+  return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+}
+#else
+using peak_vec = float;
+inline constexpr int peak_lanes = 1;
+inline constexpr const char* peak_isa = "scalar";
+#define ATTNKIT_BENCH_SET1(x) (x)
+#define ATTNKIT_BENCH_FMA(a, b, c) ((a) * (b) + (c))
+#define ATTNKIT_BENCH_ADD(a, b) ((a) + (b))
+#if defined(__x86_64__) || defined(__i386__)
+#define ATTNKIT_BENCH_REG "+x"
+#elif defined(__aarch64__)
+#define ATTNKIT_BENCH_REG "+w"
+#endif
+inline float peak_hsum(peak_vec v) { return v; }
+#endif
+
+/// Independent accumulators of the peak loop: 12 x (FMA latency 4) covers 2 FMA ports with room,
+/// and 12 + 2 constants fit the 16 ymm registers of AVX2.
+inline constexpr int peak_accumulators = 12;
+/// FLOPs of one iteration of fma_peak_loop (one FMA = 2 FLOPs per lane).
+inline constexpr double peak_flops_per_iter = 2.0 * peak_accumulators * peak_lanes;
+
+/// Runs `iters` rounds of 12 independent FMAs; returns a value that depends on all of them.
+/// Separate variables (an array gets spilled by g++) pinned to registers by empty asm statements.
+__attribute__((noinline)) inline float fma_peak_loop(std::int64_t iters) {
+  const peak_vec b = ATTNKIT_BENCH_SET1(0.9999f), c = ATTNKIT_BENCH_SET1(1e-4f);
+  peak_vec a0 = ATTNKIT_BENCH_SET1(1.0f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0,
+           a8 = a0, a9 = a0, a10 = a0, a11 = a0;
+  for (std::int64_t i = 0; i < iters; ++i) {
+    a0 = ATTNKIT_BENCH_FMA(a0, b, c);
+    a1 = ATTNKIT_BENCH_FMA(a1, b, c);
+    a2 = ATTNKIT_BENCH_FMA(a2, b, c);
+    a3 = ATTNKIT_BENCH_FMA(a3, b, c);
+    a4 = ATTNKIT_BENCH_FMA(a4, b, c);
+    a5 = ATTNKIT_BENCH_FMA(a5, b, c);
+    a6 = ATTNKIT_BENCH_FMA(a6, b, c);
+    a7 = ATTNKIT_BENCH_FMA(a7, b, c);
+    a8 = ATTNKIT_BENCH_FMA(a8, b, c);
+    a9 = ATTNKIT_BENCH_FMA(a9, b, c);
+    a10 = ATTNKIT_BENCH_FMA(a10, b, c);
+    a11 = ATTNKIT_BENCH_FMA(a11, b, c);
+#if defined(ATTNKIT_BENCH_REG)
+    asm volatile(""
+                 : ATTNKIT_BENCH_REG(a0), ATTNKIT_BENCH_REG(a1), ATTNKIT_BENCH_REG(a2), ATTNKIT_BENCH_REG(a3),
+                   ATTNKIT_BENCH_REG(a4), ATTNKIT_BENCH_REG(a5), ATTNKIT_BENCH_REG(a6), ATTNKIT_BENCH_REG(a7),
+                   ATTNKIT_BENCH_REG(a8), ATTNKIT_BENCH_REG(a9), ATTNKIT_BENCH_REG(a10),
+                   ATTNKIT_BENCH_REG(a11));
+#endif
+  }
+  peak_vec s = ATTNKIT_BENCH_ADD(ATTNKIT_BENCH_ADD(ATTNKIT_BENCH_ADD(a0, a1), ATTNKIT_BENCH_ADD(a2, a3)),
+                                 ATTNKIT_BENCH_ADD(ATTNKIT_BENCH_ADD(a4, a5), ATTNKIT_BENCH_ADD(a6, a7)));
+  s = ATTNKIT_BENCH_ADD(s, ATTNKIT_BENCH_ADD(ATTNKIT_BENCH_ADD(a8, a9), ATTNKIT_BENCH_ADD(a10, a11)));
+  return peak_hsum(s);
+}
+
+#undef ATTNKIT_BENCH_SET1
+#undef ATTNKIT_BENCH_FMA
+#undef ATTNKIT_BENCH_ADD
+#undef ATTNKIT_BENCH_REG
+
+/// Receives the results of the peak loops so that they cannot be optimized away.
+inline volatile float peak_sink = 0.0f;
+
+/// Runs the peak loop on `threads` threads at once (one OpenMP region, each thread `iters`
+/// iterations) and returns the wall time in seconds.
+inline double run_peak_sample(int threads, std::int64_t iters) {
+  const double t0 = now_seconds();
+#if defined(_OPENMP)
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    {
+      const float r = fma_peak_loop(iters);
+      if (r == 12345.678f) peak_sink = r;
+    }
+  } else {
+    peak_sink = fma_peak_loop(iters);
+  }
+#else
+  (void)threads;
+  peak_sink = fma_peak_loop(iters);
+#endif
+  return now_seconds() - t0;
+}
+
+/// The measured FMA peak: GFLOP/s of `threads` threads and the loop length of one ~2 ms sample.
+struct peak_result {
+  double gflops = 0.0;
+  int threads = 1;
+  std::int64_t iters = 0;  ///< iterations of one sample (per thread)
+  int samples = 0;
+};
+
+/// Measures the FMA peak of `threads` threads as the minimum over ~2 ms samples taken during at
+/// least `wall_budget` seconds (0.5 s spans at least one stall-and-run cycle of a throttled vCPU).
+inline peak_result measure_peak(int threads, double wall_budget = 0.5) {
+  peak_result r;
+  r.threads = std::max(1, threads);
+  // Calibrate the sample length to ~2 ms from the fastest of a few short probes; a stalled probe
+  // only makes the samples shorter, never longer.
+  const std::int64_t probe = 20000;
+  double tp = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < 5; ++i) tp = std::min(tp, run_peak_sample(r.threads, probe));
+  r.iters = std::max<std::int64_t>(probe, static_cast<std::int64_t>(static_cast<double>(probe) * 2e-3 / tp));
+  double best = std::numeric_limits<double>::infinity();
+  const double start = now_seconds();
+  while (r.samples < 10 || now_seconds() - start < wall_budget) {
+    best = std::min(best, run_peak_sample(r.threads, r.iters));
+    ++r.samples;
+  }
+  r.gflops = r.threads * static_cast<double>(r.iters) * peak_flops_per_iter / best * 1e-9;
+  return r;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Attention problems, FLOP counts and sampled timing
+
+/// The sizes of one attention call: q [B, H, Lq, dk], k [B, Hkv, Lk, dk], v [B, Hkv, Lk, dv].
+struct attention_spec {
+  index_t B = 1, H = 8, Hkv = 8, Lq = 0, Lk = 0, dk = 64, dv = 64;
+  attnkit::causal_mode causal = attnkit::causal_mode::none;
+
+  /// Self-attention [B, H, L, d] with H == Hkv and dk == dv.
+  static attention_spec self(index_t L, index_t d, index_t H = 8,
+                             attnkit::causal_mode c = attnkit::causal_mode::none, index_t B = 1) {
+    attention_spec s;
+    s.B = B;
+    s.H = s.Hkv = H;
+    s.Lq = s.Lk = L;
+    s.dk = s.dv = d;
+    s.causal = c;
+    return s;
+  }
+  index_t group() const { return Hkv > 0 ? H / Hkv : 1; }
+  bool is_causal() const { return causal != attnkit::causal_mode::none; }
+  /// Keys query i sees (causal masks only; key_lengths are not modelled here).
+  index_t keys_of(index_t i) const {
+    if (!is_causal()) return Lk;
+    const index_t off = causal == attnkit::causal_mode::bottom_right ? Lk - Lq : 0;
+    return std::clamp<index_t>(i + off + 1, 0, Lk);
+  }
+  /// "B1 H8 L2048 d64" (or with Hkv / Lq != Lk / dv when they differ).
+  std::string str() const {
+    std::string s = "B" + std::to_string(B) + " H" + std::to_string(H);
+    if (Hkv != H) s += "/" + std::to_string(Hkv) + "kv";
+    s += Lq == Lk ? " L" + std::to_string(Lq) : " Lq" + std::to_string(Lq) + " Lk" + std::to_string(Lk);
+    s += " d" + std::to_string(dk);
+    if (dv != dk) s += "/" + std::to_string(dv);
+    return s;
+  }
+};
+
+/// FLOPs of exact attention over query rows [r0, r1) of `heads` heads (all batch entries):
+/// 2*(dk + dv) per visible (query, key) pair, i.e. 4*Lq*Lk*d per head when nothing is masked.
+inline double attention_flops(const attention_spec& s, index_t heads, index_t r0, index_t r1) {
+  double pairs = 0.0;
+  if (!s.is_causal()) {
+    pairs = static_cast<double>(r1 - r0) * static_cast<double>(s.Lk);
+  } else {
+    for (index_t i = r0; i < r1; ++i) pairs += static_cast<double>(s.keys_of(i));
+  }
+  return 2.0 * static_cast<double>(s.dk + s.dv) * pairs * static_cast<double>(heads * s.B);
+}
+/// FLOPs of the whole call (causal: only the visible pairs).
+inline double attention_flops(const attention_spec& s) { return attention_flops(s, s.H, 0, s.Lq); }
+/// FLOPs of the whole call as if nothing were masked (4*Lq*Lk*d per head for dk == dv).
+inline double dense_attention_flops(const attention_spec& s) {
+  return 2.0 * static_cast<double>(s.dk + s.dv) * static_cast<double>(s.Lq) * static_cast<double>(s.Lk) *
+         static_cast<double>(s.H * s.B);
+}
+/// Bytes of K and V (fp32) one call reads at least once.
+inline double kv_bytes(const attention_spec& s) {
+  return 4.0 * static_cast<double>(s.B * s.Hkv * s.Lk * (s.dk + s.dv));
+}
+
+/// Owning, contiguous [B, H, L, D] inputs filled with uniform values in [-1, 1) and the output.
+struct attention_problem {
+  attention_spec spec;
+  attnkit::tensor<float, 4> q, k, v, out;
+  explicit attention_problem(const attention_spec& s, std::uint64_t seed = 42)
+      : spec(s),
+        q({s.B, s.H, s.Lq, s.dk}),
+        k({s.B, s.Hkv, s.Lk, s.dk}),
+        v({s.B, s.Hkv, s.Lk, s.dv}),
+        out({s.B, s.H, s.Lq, s.dv}) {
+    fill_uniform(q, seed);
+    fill_uniform(k, seed + 1);
+    fill_uniform(v, seed + 2);
+  }
+  /// True when `s` has the same tensor extents (the mask may differ).
+  bool fits(const attention_spec& s) const {
+    return s.B == spec.B && s.H == spec.H && s.Hkv == spec.Hkv && s.Lq == spec.Lq && s.Lk == spec.Lk &&
+           s.dk == spec.dk && s.dv == spec.dv;
+  }
+};
+
+/// Every operator with the attention signature (inputs, output, options), e.g. full_attention.
+using attention_fn = std::function<void(const f4_cview& q, const f4_cview& k, const f4_cview& v,
+                                        const f4_view& out, const attnkit::attention_options& opt)>;
+
+/// Which independent parts of a call may be timed alone and scaled up.
+enum class slicing {
+  none,            ///< time whole calls only
+  heads,           ///< heads are independent and cost the same (true of every attention operator)
+  heads_and_rows,  ///< query rows too: the cost of a row is its visible keys (exact attention, reference)
+};
+
+/// Heads [h0, h0 + nh) (all batch entries) and query rows [r0, r0 + nr) of one call.
+struct attention_slice {
+  index_t h0 = 0, nh = 0, r0 = 0, nr = 0;
+};
+
+/// The slices one timing sample runs, their FLOPs and the FLOPs of the whole call.
+struct sample_plan {
+  attention_spec spec;
+  std::vector<attention_slice> slices;
+  double sample_flops = 0.0, full_flops = 0.0;
+  bool whole() const { return slices.size() == 1 && slices[0].nh == spec.H && slices[0].nr == spec.Lq; }
+  /// Time of the whole call estimated from the time of one sample.
+  double scale_to_whole(double sample_seconds) const {
+    return sample_flops > 0 ? sample_seconds * full_flops / sample_flops : sample_seconds;
+  }
+  /// "whole call" or e.g. "sample 4x96 rows x 2/8 heads".
+  std::string describe() const {
+    if (whole()) return "whole call";
+    std::string d = "sample ";
+    if (slices[0].nr != spec.Lq)
+      d += (slices.size() > 1 ? std::to_string(slices.size()) + "x" : std::string()) +
+           std::to_string(slices[0].nr) + " rows x ";
+    return d + std::to_string(slices[0].nh) + "/" + std::to_string(spec.H) + " heads";
+  }
+};
+
+/// Chooses what one timing sample of `s` runs so that it costs about `target_flops` (a few ms):
+/// the whole call when it is cheap enough; otherwise all heads (or fewer, a multiple of the group)
+/// over blocks of `quantum` query rows. Non-causal rows all cost the same, so one block of rows is
+/// representative; causal rows cost their visible keys, so `strata` blocks centred in equal parts
+/// of the sequence are taken (exact for a cost linear in the keys; the FLOPs count them exactly).
+inline sample_plan plan_samples(const attention_spec& s, double target_flops,
+                                slicing how = slicing::heads_and_rows, int strata = 4, index_t quantum = 96) {
+  sample_plan p;
+  p.spec = s;
+  p.full_flops = attention_flops(s);
+  const index_t G = std::max<index_t>(1, s.group());
+  auto round_heads = [&](double want) {
+    index_t nh = static_cast<index_t>(std::ceil(want));
+    nh = (nh + G - 1) / G * G;
+    return std::clamp<index_t>(nh, G, s.H);
+  };
+  index_t nh = s.H, nr = s.Lq;
+  int K = 1;
+  if (how != slicing::none && p.full_flops > 1.5 * target_flops && s.H > 0 && s.Lq > 0) {
+    const double per_row_head = p.full_flops / static_cast<double>(s.H * s.Lq);
+    const double row_heads = target_flops / std::max(per_row_head, 1.0);
+    bool rows = how == slicing::heads_and_rows && (!s.is_causal() || s.Lq == s.Lk);
+    if (rows) {
+      K = s.is_causal() ? std::max(1, strata) : 1;
+      const double want = row_heads / static_cast<double>(s.H * K);
+      nr = std::max<index_t>(quantum,
+                             (static_cast<index_t>(std::ceil(want)) + quantum - 1) / quantum * quantum);
+      if (nr == quantum) nh = round_heads(row_heads / static_cast<double>(K * quantum));
+      if (static_cast<index_t>(K) * nr >= s.Lq) rows = false;
+    }
+    if (!rows) {
+      K = 1;
+      nr = s.Lq;
+      nh = round_heads(row_heads / static_cast<double>(s.Lq));
+    }
+  }
+  for (int k = 0; k < K; ++k) {
+    attention_slice sl;
+    sl.nh = nh;
+    sl.nr = nr;
+    if (nr < s.Lq) {
+      const index_t centre = (2 * k + 1) * s.Lq / (2 * K);
+      sl.r0 = std::clamp<index_t>((centre - nr / 2) / quantum * quantum, 0, s.Lq - nr);
+    }
+    p.slices.push_back(sl);
+    p.sample_flops += attention_flops(s, nh, sl.r0, sl.r0 + nr);
+  }
+  return p;
+}
+
+/// Views of one slice of a problem and the mask that gives its rows the same visible keys as in
+/// the whole call (a causal row block [r0, r0+nr) is a bottom-right causal call over keys [0, r0+nr)).
+struct slice_views {
+  f4_cview q, k, v;
+  f4_view out;
+  attnkit::causal_mode causal = attnkit::causal_mode::none;
+};
+
+/// `s` is the spec of the call (its mask may differ from p.spec; its extents must not).
+inline slice_views make_slice(attention_problem& p, const attention_spec& s, const attention_slice& sl) {
+  const index_t G = std::max<index_t>(1, s.group());
+  const index_t hk0 = sl.h0 / G, nhk = std::max<index_t>(1, sl.nh / G);
+  index_t lk = s.Lk;
+  slice_views r;
+  r.causal = s.causal;
+  if (sl.nr != s.Lq && s.is_causal()) {
+    lk = sl.r0 + sl.nr;  // plan_samples slices causal rows only when Lq == Lk
+    r.causal = attnkit::causal_mode::bottom_right;
+  }
+  auto sub = [](auto view, index_t h0, index_t nh, index_t r0, index_t nr) {
+    auto e = view.extents();
+    auto st = view.strides();
+    e[1] = nh;
+    e[2] = nr;
+    using V = decltype(view);
+    return V(view.data() + h0 * st[1] + r0 * st[2], e, st);
+  };
+  r.q = sub(f4_cview(p.q.view()), sl.h0, sl.nh, sl.r0, sl.nr);
+  r.out = sub(p.out.view(), sl.h0, sl.nh, sl.r0, sl.nr);
+  r.k = sub(f4_cview(p.k.view()), hk0, nhk, 0, lk);
+  r.v = sub(f4_cview(p.v.view()), hk0, nhk, 0, lk);
+  return r;
+}
+
+/// Runs the slices of one sample of plan.spec (on the tensors of `p`, which must fit it) back to
+/// back and returns their wall time in seconds.
+inline double run_sample(attention_problem& p, const sample_plan& plan, const attention_fn& fn,
+                         const attnkit::attention_options& opt) {
+  if (!p.fits(plan.spec))
+    throw std::invalid_argument("run_sample: the problem does not fit " + plan.spec.str());
+  std::vector<slice_views> views;
+  views.reserve(plan.slices.size());
+  for (const auto& sl : plan.slices) views.push_back(make_slice(p, plan.spec, sl));
+  attnkit::attention_options o = opt;
+  const double t0 = now_seconds();
+  for (const auto& sv : views) {
+    o.mask.causal = sv.causal;
+    fn(sv.q, sv.k, sv.v, sv.out, o);
+  }
+  return now_seconds() - t0;
+}
+
+/// Estimates the time of one whole call: the minimum over `samples` samples, scaled to the whole.
+inline double estimate_call_seconds(attention_problem& p, const sample_plan& plan, const attention_fn& fn,
+                                    const attnkit::attention_options& opt, int samples) {
+  return plan.scale_to_whole(min_time_of([&] { run_sample(p, plan, fn, opt); }, samples));
+}
+
+/// full_attention<simd::native, float> as an attention_fn.
+inline attention_fn full_attention_fn() {
+  return [](const f4_cview& q, const f4_cview& k, const f4_cview& v, const f4_view& out,
+            const attnkit::attention_options& o) { attnkit::full_attention(q, k, v, out, o); };
+}
+/// reference::attention<float> as an attention_fn: materializes Lq x Lk per head, serial loops.
+/// Its Eigen products would run on Eigen's own OpenMP threads; `eigen_threads` (default 1) fixes
+/// their number for the call, so the strawman is a well-defined single-threaded program.
+inline attention_fn reference_attention_fn(int eigen_threads = 1) {
+  return [eigen_threads](const f4_cview& q, const f4_cview& k, const f4_cview& v, const f4_view& out,
+                         const attnkit::attention_options& o) {
+    const int saved = Eigen::nbThreads();
+    Eigen::setNbThreads(eigen_threads);
+    attnkit::reference::attention(q, k, v, out, o);
+    Eigen::setNbThreads(saved);
+  };
+}
+
+/// Returns max |a - b| over two equally shaped views (NaN when any difference is NaN).
+inline double max_abs_diff(const attnkit::tensor_view<const float, 4>& a,
+                           const attnkit::tensor_view<const float, 4>& b) {
+  double m = 0.0;
+  for (index_t i0 = 0; i0 < a.extent(0); ++i0)
+    for (index_t i1 = 0; i1 < a.extent(1); ++i1)
+      for (index_t i2 = 0; i2 < a.extent(2); ++i2)
+        for (index_t i3 = 0; i3 < a.extent(3); ++i3) {
+          const double d = std::fabs(static_cast<double>(a(i0, i1, i2, i3)) - b(i0, i1, i2, i3));
+          if (std::isnan(d)) return d;
+          m = std::max(m, d);
+        }
+  return m;
+}
+
+}  // namespace attnkit_bench

@@ -1,0 +1,248 @@
+// attnkit tour: every attention operator of the library at one shape, side by side.
+//
+//   scripts/tour.sh                      # B=1, H=8, L=2048, d=64, fp32, all threads
+//   scripts/tour.sh --L 4096 --d 128 --threads 1 --samples 30
+//
+// One row per operator: the estimated time of one whole call (minimum over short samples; calls
+// longer than a few ms are timed on slices of rows or heads and scaled by FLOPs, because this
+// kind of machine stalls for hundreds of ms at a time), GFLOP/s and % of the measured FMA peak,
+// speed-up against exact attention with the same mask, and the max error: against exact attention
+// for operators that approximate softmax, against the naive reference for exact ones.
+//
+// Adding an operator (FAVOR+, Combiner, lambda layers, CoAtNet ...) = appending a row in
+// make_rows(): attention_row() for anything with the attention signature, or a custom tour_row.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "measure.hpp"
+
+namespace ab = attnkit_bench;
+using attnkit::index_t;
+
+namespace {
+
+struct tour_options {
+  index_t batch = 1, heads = 8, L = 2048, d = 64;
+  int threads = 0;  // 0: all
+  int samples = 20;
+};
+
+/// What a row's output is compared with in the error column.
+enum class versus { none, exact, reference };
+
+/// One line of the table.
+struct tour_row {
+  std::string op;         ///< operator, as the user calls it
+  std::string shape;      ///< shape column
+  bool causal = false;    ///< speed-up and errors are against exact attention with the same mask
+  bool baseline = false;  ///< exact attention itself: the reference point of the speed-up column
+  versus check = versus::none;
+  double flops = 0.0;    ///< FLOPs of one whole call (0: not counted)
+  std::string timed_on;  ///< how time() samples, e.g. "whole call"
+  /// Estimated seconds of one whole call from `samples` samples (minimum, scaled to the call).
+  std::function<double(int samples)> time;
+  /// One whole call writing [B, H, L, dv] into out (the error column); may be empty.
+  std::function<void(const ab::f4_view& out)> run;
+};
+
+/// A row for any operator with the attention signature fn(q, k, v, out, options) on `p`.
+/// `how` says which parts of a call may be timed alone (see ab::slicing); `flops` < 0 counts
+/// exact attention's FLOPs (visible pairs only).
+tour_row attention_row(std::string op, ab::attention_problem& p, bool causal, versus check,
+                       ab::attention_fn fn, int threads, ab::slicing how = ab::slicing::heads_and_rows,
+                       double target_flops_per_thread = 0.75e9, double flops = -1.0) {
+  ab::attention_spec spec = p.spec;
+  spec.causal = causal ? attnkit::causal_mode::top_left : attnkit::causal_mode::none;
+  const ab::sample_plan plan = ab::plan_samples(spec, target_flops_per_thread * threads, how);
+  attnkit::attention_options opt;
+  opt.threads = threads;
+  opt.mask.causal = spec.causal;
+  tour_row r;
+  r.op = std::move(op);
+  r.shape = spec.str() + " fp32" + (causal ? " causal" : "");
+  r.causal = causal;
+  r.check = check;
+  r.flops = flops < 0 ? ab::attention_flops(spec) : flops;
+  r.timed_on = plan.describe();
+  r.time = [&p, plan, fn, opt](int samples) { return ab::estimate_call_seconds(p, plan, fn, opt, samples); };
+  r.run = [&p, fn, opt](const ab::f4_view& out) { fn(p.q.cview(), p.k.cview(), p.v.cview(), out, opt); };
+  return r;
+}
+
+/// The reference materializes an L x L fp32 matrix per head and is slow: skip it beyond this.
+constexpr index_t max_reference_L = 8192;
+
+/// The registry: one row per operator that exists today. Later issues append theirs here.
+std::vector<tour_row> make_rows(ab::attention_problem& p, const tour_options& o, int threads) {
+  std::vector<tour_row> rows;
+  for (bool causal : {false, true}) {
+    tour_row r =
+        attention_row("full_attention", p, causal, versus::reference, ab::full_attention_fn(), threads);
+    r.baseline = true;
+    rows.push_back(std::move(r));
+  }
+  if (o.L <= max_reference_L) {
+    // Serial (Eigen on 1 thread) and ~10x slower per FLOP: 0.125 GFLOP keeps its samples short.
+    rows.push_back(attention_row("reference::attention", p, false, versus::none, ab::reference_attention_fn(),
+                                 threads, ab::slicing::heads_and_rows, 0.125e9 / threads));
+  }
+  // FAVOR+ (issue 2) adds e.g.:
+  //   rows.push_back(attention_row("favor_attention m=256", p, false, versus::exact,
+  //       [&](auto& q, auto& k, auto& v, auto& out, auto& opt) { attnkit::favor_attention(q, k, v, out, rf,
+  //       ...); }, threads, ab::slicing::heads, 0.75e9, favor_flops));
+  return rows;
+}
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+[[noreturn]] void usage(const char* argv0, int code) {
+  std::fprintf(code ? stderr : stdout,
+               "usage: %s [--L 2048] [--d 64] [--heads 8] [--batch 1] [--threads 0 (all)] [--samples 20]\n"
+               "  Prints time, GFLOP/s, %% of the measured FMA peak, speed-up and max error of every\n"
+               "  attention operator at one shape (fp32; exact attention also with a causal mask).\n",
+               argv0);
+  std::exit(code);
+}
+
+tour_options parse(int argc, char** argv) {
+  tour_options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i], value;
+    if (a == "--help" || a == "-h") usage(argv[0], 0);
+    const auto eq = a.find('=');
+    if (eq != std::string::npos) {
+      value = a.substr(eq + 1);
+      a = a.substr(0, eq);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      usage(argv[0], 2);
+    }
+    char* end = nullptr;
+    const long v = std::strtol(value.c_str(), &end, 10);
+    if (value.empty() || *end != '\0') usage(argv[0], 2);
+    if (a == "--L")
+      o.L = v;
+    else if (a == "--d")
+      o.d = v;
+    else if (a == "--heads")
+      o.heads = v;
+    else if (a == "--batch")
+      o.batch = v;
+    else if (a == "--threads")
+      o.threads = static_cast<int>(v);
+    else if (a == "--samples")
+      o.samples = static_cast<int>(v);
+    else
+      usage(argv[0], 2);
+  }
+  if (o.L < 1 || o.d < 1 || o.heads < 1 || o.batch < 1 || o.threads < 0 || o.samples < 1) usage(argv[0], 2);
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const tour_options o = parse(argc, argv);
+  const int threads = ab::resolve_threads(o.threads);
+  const double t_start = ab::now_seconds();
+
+  std::printf("attnkit %d.%d.%d tour   SIMD path: %s   threads: %d (of %d)\n", ATTNKIT_VERSION_MAJOR,
+              ATTNKIT_VERSION_MINOR, ATTNKIT_VERSION_PATCH, attnkit::simd::native::name, threads,
+              ab::max_threads());
+  const ab::peak_result peak1 = ab::measure_peak(1);
+  std::printf("measured fp32 FMA peak (%s): %.1f GFLOP/s on 1 thread", ab::peak_isa, peak1.gflops);
+  if (threads > 1) std::printf(", %.1f GFLOP/s on %d threads", ab::measure_peak(threads).gflops, threads);
+  std::printf("\n%%peak below = GFLOP/s / (%d x the 1-thread peak)", threads);
+  const double load = ab::load_average();
+  if (load > 0.5 * ab::online_cpus())
+    std::printf("; load average %.1f on %d CPUs: other processes compete, expect pessimistic times", load,
+                ab::online_cpus());
+  std::printf("\n\n");
+  std::fflush(stdout);
+
+  ab::attention_problem p(ab::attention_spec::self(o.L, o.d, o.heads, attnkit::causal_mode::none, o.batch));
+  std::vector<tour_row> rows = make_rows(p, o, threads);
+
+  // Timings (min over samples), then outputs and errors.
+  std::vector<double> seconds;
+  for (auto& r : rows) seconds.push_back(r.time(o.samples));
+  std::map<bool, double> exact_time;
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    if (rows[i].baseline) exact_time[rows[i].causal] = seconds[i];
+
+  const std::array<index_t, 4> out_extents{p.spec.B, p.spec.H, p.spec.Lq, p.spec.dv};
+  std::map<std::pair<bool, versus>, attnkit::tensor<float, 4>> expected;  // (causal, kind) -> output
+  auto expected_output = [&](bool causal, versus kind) -> const attnkit::tensor<float, 4>* {
+    const auto key = std::make_pair(causal, kind);
+    auto it = expected.find(key);
+    if (it != expected.end()) return &it->second;
+    attnkit::tensor<float, 4> out(out_extents);
+    if (kind == versus::reference) {
+      if (o.L > max_reference_L) return nullptr;
+      attnkit::attention_options opt;
+      opt.mask.causal = causal ? attnkit::causal_mode::top_left : attnkit::causal_mode::none;
+      ab::reference_attention_fn()(p.q.cview(), p.k.cview(), p.v.cview(), out.view(), opt);
+    } else {
+      const tour_row* base = nullptr;
+      for (const auto& r : rows)
+        if (r.baseline && r.causal == causal) base = &r;
+      if (!base || !base->run) return nullptr;
+      base->run(out.view());
+    }
+    return &expected.emplace(key, std::move(out)).first->second;
+  };
+
+  std::printf("%-22s %-30s %10s %9s %6s %9s %10s  %-10s %s\n", "operator", "shape", "time ms", "GFLOP/s",
+              "%peak", "speed-up", "max |err|", "vs", "timed on");
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const tour_row& r = rows[i];
+    const double gf = r.flops > 0 ? r.flops / seconds[i] * 1e-9 : 0.0;
+    const std::string gfs = r.flops > 0 ? fmt("%.1f", gf) : "-";
+    const std::string pct =
+        r.flops > 0 && peak1.gflops > 0 ? fmt("%.1f", gf / (peak1.gflops * threads) * 100) : "-";
+    const auto base = exact_time.find(r.causal);
+    const std::string speed = base != exact_time.end() ? fmt("%.2fx", base->second / seconds[i]) : "-";
+    std::string err = "-", vs = "-";
+    if (r.check != versus::none && r.run) {
+      if (const auto* want = expected_output(r.causal, r.check)) {
+        attnkit::tensor<float, 4> got(out_extents);
+        r.run(got.view());
+        err = fmt("%.2e", ab::max_abs_diff(got.cview(), want->cview()));
+        vs = r.check == versus::reference ? "reference" : "exact";
+      } else {
+        vs = "(skipped)";
+      }
+    }
+    std::printf("%-22s %-30s %10.3f %9s %6s %9s %10s  %-10s %s\n", r.op.c_str(), r.shape.c_str(),
+                seconds[i] * 1e3, gfs.c_str(), pct.c_str(), speed.c_str(), err.c_str(), vs.c_str(),
+                r.timed_on.c_str());
+    std::fflush(stdout);
+  }
+
+  std::printf("\n");
+  if (exact_time.count(false) && exact_time.count(true))
+    std::printf(
+        "exact attention, causal / non-causal time: %.2f (ideal ~0.5: blocks above the diagonal are "
+        "skipped)\n",
+        exact_time[true] / exact_time[false]);
+  if (o.L > max_reference_L)
+    std::printf("reference::attention skipped: L > %ld would materialize %.0f MiB per head\n",
+                static_cast<long>(max_reference_L),
+                static_cast<double>(o.L) * static_cast<double>(o.L) * 4 / (1 << 20));
+  std::printf(
+      "time: min over %d samples of a few ms each, scaled to one whole call; speed-up: exact attention\n"
+      "with the same mask / this row; GFLOP/s counts 4*d per visible (query, key) pair.\n",
+      o.samples);
+  std::printf("tour finished in %.1f s\n", ab::now_seconds() - t_start);
+  return 0;
+}

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# attnkit's test command (CI runs it through .ci/run). Installs the dependencies, then builds and
+# runs the tests in several configurations, and checks the CMake package from a consumer project:
+#   scalar-cxx20  ATTNKIT_SIMD=scalar, C++20
+#   avx2          ATTNKIT_SIMD=avx2 (if the CPU has AVX2+FMA), also compiles benchmarks and examples
+#   avx512        ATTNKIT_SIMD=avx512 (if the CPU has AVX-512 F/DQ/BW/VL)
+#   asan          ASan + UBSan, Debug -O1 (avx2 if available, else scalar)
+#   consumer-install / consumer-subdir   tests/consumer against `cmake --install` and add_subdirectory
+# Environment:
+#   ATTNKIT_TEST_QUICK=1   only a native build (tests, benchmarks, examples) and the consumers
+#   ATTNKIT_TEST_FORMAT=1  also run the clang-format check (format_check)
+#   ATTNKIT_WERROR=1       build with -Werror
+#   ATTNKIT_JOBS=N         build parallelism (default 2)
+# Build directories: build/ci-<name>. Exits nonzero when any stage fails.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+JOBS=${ATTNKIT_JOBS:-2}
+QUICK=${ATTNKIT_TEST_QUICK:-0}
+FORMAT=${ATTNKIT_TEST_FORMAT:-0}
+WERROR=$([ "${ATTNKIT_WERROR:-0}" = 1 ] && echo ON || echo OFF)
+export CTEST_OUTPUT_ON_FAILURE=1
+
+names=()
+results=()
+times=()
+failed=0
+
+# run_stage NAME CMD...: runs CMD with errexit in a subshell, records result and duration.
+run_stage() {
+  local name=$1 start=$SECONDS rc
+  shift
+  echo
+  echo "=================== [$name] $(date -u +%H:%M:%S) ==================="
+  set +e
+  (set -euo pipefail; "$@")
+  rc=$?
+  set -e
+  names+=("$name")
+  times+=($((SECONDS - start)))
+  if [ $rc -eq 0 ]; then
+    results+=("ok")
+  else
+    results+=("FAILED (exit $rc)")
+    failed=$((failed + 1))
+    echo "!!! [$name] FAILED (exit $rc)"
+  fi
+}
+
+skip_stage() {
+  names+=("$1")
+  times+=(0)
+  results+=("skipped: $2")
+  echo
+  echo "=================== [$1] skipped: $2 ==================="
+}
+
+cpu_has() {  # cpu_has FLAG...: true when /proc/cpuinfo lists every flag
+  local f
+  for f in "$@"; do grep -qw "$f" /proc/cpuinfo 2>/dev/null || return 1; done
+}
+
+# build_and_test NAME [cmake -D args...]: configure build/ci-NAME with Ninja, build, run ctest.
+build_and_test() {
+  local name=$1 dir="build/ci-$1"
+  shift
+  cmake -S . -B "$dir" -G Ninja -DATTNKIT_WERROR="$WERROR" "$@"
+  cmake --build "$dir" -j "$JOBS" -- -k 0 2>&1 | tee "$dir/build.log"  # -k 0: every error at once
+  echo "[$name] compiler warnings: $(grep -c 'warning:' "$dir/build.log" || true)"
+  (cd "$dir" && ctest -j "$JOBS" --output-on-failure --no-tests=error)
+}
+
+# sanitized_build_and_test SIMD: ASan + UBSan build (the variables also reach the POST_BUILD
+# test listing). Debug keeps the view bounds asserts, -O1 keeps the sanitized tests fast; the header
+# check adds nothing under sanitizers (the other builds compile it). Tests tagged [slow] (long
+# numeric sweeps) run in the other builds only.
+sanitized_build_and_test() {
+  export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
+  build_and_test asan -DATTNKIT_SIMD="$1" -DATTNKIT_CXX_STANDARD=17 -DATTNKIT_SANITIZE=ON \
+    -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-g -O1" -DATTNKIT_HEADER_CHECK=OFF \
+    -DATTNKIT_BUILD_BENCHMARKS=OFF -DATTNKIT_BUILD_EXAMPLES=OFF "-DATTNKIT_TEST_SPEC=~[slow]"
+}
+
+consumer_install() {
+  local dir=build/ci-install prefix
+  prefix="$ROOT/build/ci-install/prefix"
+  rm -rf "$dir" build/ci-consumer-install
+  cmake -S . -B "$dir" -G Ninja -DATTNKIT_BUILD_TESTS=OFF -DATTNKIT_BUILD_BENCHMARKS=OFF \
+    -DATTNKIT_BUILD_EXAMPLES=OFF -DATTNKIT_INSTALL=ON
+  cmake --install "$dir" --prefix "$prefix"
+  cmake -S tests/consumer -B build/ci-consumer-install -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
+  cmake --build build/ci-consumer-install -j "$JOBS"
+  build/ci-consumer-install/attnkit_consumer
+}
+
+consumer_subdir() {
+  rm -rf build/ci-consumer-subdir
+  # The consumer's own flags pick the ISA (the attnkit target adds none): exercise the native path.
+  cmake -S tests/consumer -B build/ci-consumer-subdir -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DATTNKIT_CONSUMER_SUBDIR="$ROOT" -DCMAKE_CXX_FLAGS=-march=native
+  cmake --build build/ci-consumer-subdir -j "$JOBS"
+  build/ci-consumer-subdir/attnkit_consumer
+}
+
+format_check() {
+  cmake -S . -B build/ci-format -G Ninja -DATTNKIT_BUILD_TESTS=OFF -DATTNKIT_BUILD_BENCHMARKS=OFF \
+    -DATTNKIT_BUILD_EXAMPLES=OFF -DATTNKIT_INSTALL=OFF -DATTNKIT_FORMAT_CHECK=ON
+  (cd build/ci-format && ctest --output-on-failure --no-tests=error -R '^format_check$')
+}
+
+total_start=$SECONDS
+echo "attnkit scripts/test.sh: quick=$QUICK format=$FORMAT werror=$WERROR jobs=$JOBS CI=${CI:-}"
+run_stage deps bash scripts/install_deps.sh
+echo "machine: $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
+echo "tools: $(c++ --version | head -1); $(cmake --version | head -1); ninja $(ninja --version)"
+
+HAS_AVX2=0
+HAS_AVX512=0
+cpu_has avx2 fma && HAS_AVX2=1
+cpu_has avx2 fma avx512f avx512dq avx512bw avx512vl && HAS_AVX512=1
+echo "cpu: avx2+fma=$HAS_AVX2 avx512(f,dq,bw,vl)=$HAS_AVX512"
+
+if [ "$QUICK" = 1 ]; then
+  run_stage native build_and_test native -DATTNKIT_SIMD=native -DCMAKE_BUILD_TYPE=Release \
+    -DATTNKIT_SANITIZE=OFF -DATTNKIT_CXX_STANDARD=17 \
+    -DATTNKIT_BUILD_BENCHMARKS=ON -DATTNKIT_BUILD_EXAMPLES=ON
+else
+  # Benchmarks and examples are compile-checked in one build only: avx2, else scalar.
+  BENCH_IN_SCALAR=$([ $HAS_AVX2 = 1 ] && echo OFF || echo ON)
+  run_stage scalar-cxx20 build_and_test scalar-cxx20 -DATTNKIT_SIMD=scalar -DATTNKIT_CXX_STANDARD=20 \
+    -DCMAKE_BUILD_TYPE=Release -DATTNKIT_SANITIZE=OFF \
+    -DATTNKIT_BUILD_BENCHMARKS=$BENCH_IN_SCALAR -DATTNKIT_BUILD_EXAMPLES=$BENCH_IN_SCALAR
+  if [ $HAS_AVX2 = 1 ]; then
+    run_stage avx2 build_and_test avx2 -DATTNKIT_SIMD=avx2 -DATTNKIT_CXX_STANDARD=17 \
+      -DCMAKE_BUILD_TYPE=Release -DATTNKIT_SANITIZE=OFF \
+      -DATTNKIT_BUILD_BENCHMARKS=ON -DATTNKIT_BUILD_EXAMPLES=ON
+  else
+    skip_stage avx2 "CPU lacks avx2/fma"
+  fi
+  if [ $HAS_AVX512 = 1 ]; then
+    run_stage avx512 build_and_test avx512 -DATTNKIT_SIMD=avx512 -DATTNKIT_CXX_STANDARD=17 \
+      -DCMAKE_BUILD_TYPE=Release -DATTNKIT_SANITIZE=OFF \
+      -DATTNKIT_BUILD_BENCHMARKS=OFF -DATTNKIT_BUILD_EXAMPLES=OFF
+  else
+    skip_stage avx512 "CPU lacks avx512f/dq/bw/vl"
+  fi
+  SAN_SIMD=$([ $HAS_AVX2 = 1 ] && echo avx2 || echo scalar)
+  run_stage asan-ubsan sanitized_build_and_test "$SAN_SIMD"
+fi
+run_stage consumer-install consumer_install
+run_stage consumer-subdir consumer_subdir
+if [ "$FORMAT" = 1 ]; then
+  run_stage format format_check
+else
+  skip_stage format "set ATTNKIT_TEST_FORMAT=1"
+fi
+
+echo
+echo "=================== attnkit test summary ==================="
+passed=0
+for i in "${!names[@]}"; do
+  printf '  %-18s %-28s %5ss\n' "${names[$i]}" "${results[$i]}" "${times[$i]}"
+  [ "${results[$i]}" = ok ] && passed=$((passed + 1))
+done
+echo "  total time: $((SECONDS - total_start))s"
+echo "stages: $passed passed, $failed failed"
+[ $failed -eq 0 ]
