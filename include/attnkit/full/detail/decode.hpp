@@ -13,6 +13,7 @@
 #include "../../core/attention_args.hpp"
 #include "../../core/math.hpp"
 #include "../../core/parallel.hpp"
+#include "../../core/softmax.hpp"
 #include "../options.hpp"
 
 ATTNKIT_BEGIN_NAMESPACE
