@@ -184,7 +184,9 @@ inline benchmark::internal::Benchmark* register_attention(const std::string& nam
                                                           attention_counters which = {}) {
   const double target =
       smp.flops > 0 ? smp.flops : config().sample_gflop * 1e9 * smp.scale * std::max(1, threads);
-  const sample_plan plan = plan_samples(spec, target, smp.how);
+  // Row slices keep >= 2 tiles per thread; head-only slicing (decode) has many tasks per head.
+  const index_t min_tiles = smp.how == slicing::heads_and_rows ? 2 * threads : 1;
+  const sample_plan plan = plan_samples(spec, target, smp.how, 4, 0, min_tiles);
   auto* b = benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) {
     try {
       auto prob = shared_problem(spec);

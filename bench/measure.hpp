@@ -16,6 +16,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -252,7 +253,10 @@ struct peak_result {
 
 /// Measures the FMA peak of `threads` threads as the minimum over ~2 ms samples taken during at
 /// least `wall_budget` seconds (0.5 s spans at least one stall-and-run cycle of a throttled vCPU).
-inline peak_result measure_peak(int threads, double wall_budget = 0.5) {
+/// With `expect_gflops` > 0 (e.g. threads x the 1-thread peak) sampling goes on, up to `max_wall`
+/// seconds, while the best sample is below 90% of it: on a busy machine all threads rarely run at once.
+inline peak_result measure_peak(int threads, double wall_budget = 0.5, double expect_gflops = 0.0,
+                                double max_wall = 3.0) {
   peak_result r;
   r.threads = std::max(1, threads);
   // Calibrate the sample length to ~2 ms from the fastest of a few short probes; a stalled probe
@@ -261,11 +265,16 @@ inline peak_result measure_peak(int threads, double wall_budget = 0.5) {
   double tp = std::numeric_limits<double>::infinity();
   for (int i = 0; i < 5; ++i) tp = std::min(tp, run_peak_sample(r.threads, probe));
   r.iters = std::max<std::int64_t>(probe, static_cast<std::int64_t>(static_cast<double>(probe) * 2e-3 / tp));
+  const double flops = r.threads * static_cast<double>(r.iters) * peak_flops_per_iter;
   double best = std::numeric_limits<double>::infinity();
   const double start = now_seconds();
-  while (r.samples < 10 || now_seconds() - start < wall_budget) {
+  for (;;) {
     best = std::min(best, run_peak_sample(r.threads, r.iters));
     ++r.samples;
+    const double elapsed = now_seconds() - start;
+    if (r.samples < 10 || elapsed < wall_budget) continue;
+    if (expect_gflops > 0 && flops / best * 1e-9 < 0.9 * expect_gflops && elapsed < max_wall) continue;
+    break;
   }
   r.gflops = r.threads * static_cast<double>(r.iters) * peak_flops_per_iter / best * 1e-9;
   return r;
@@ -390,13 +399,26 @@ struct sample_plan {
   }
 };
 
+/// Query rows of one tile of full_attention's kernel for `group` query heads per kv head. The
+/// kernel computes whole tiles (a partial tile costs a full one), so row slices that start and end
+/// on multiples of this run exactly the tiles of the whole call. Reads an internal of the kernel.
+inline index_t attention_row_quantum(index_t group = 1) {
+  constexpr index_t cols = attnkit::detail::flash_tiling<float, attnkit::simd::native>::NV *
+                           attnkit::simd::batch<float, attnkit::simd::native>::size;
+  return cols / std::gcd(cols, std::max<index_t>(1, group));
+}
+
 /// Chooses what one timing sample of `s` runs so that it costs about `target_flops` (a few ms):
 /// the whole call when it is cheap enough; otherwise all heads (or fewer, a multiple of the group)
-/// over blocks of `quantum` query rows. Non-causal rows all cost the same, so one block of rows is
-/// representative; causal rows cost their visible keys, so `strata` blocks centred in equal parts
-/// of the sequence are taken (exact for a cost linear in the keys; the FLOPs count them exactly).
+/// over blocks of `quantum` query rows (0: attention_row_quantum). Non-causal rows all cost the
+/// same, so one block of rows is representative; causal rows cost their visible keys, so `strata`
+/// blocks centred in equal parts of the sequence are taken (exact for a cost linear in the keys;
+/// the FLOPs count them exactly). Each slice keeps at least `min_tiles` tiles (quantum rows x one
+/// kv head group), e.g. 2 per thread, so that no thread idles.
 inline sample_plan plan_samples(const attention_spec& s, double target_flops,
-                                slicing how = slicing::heads_and_rows, int strata = 4, index_t quantum = 96) {
+                                slicing how = slicing::heads_and_rows, int strata = 4, index_t quantum = 0,
+                                index_t min_tiles = 1) {
+  if (quantum <= 0) quantum = attention_row_quantum(s.group());
   sample_plan p;
   p.spec = s;
   p.full_flops = attention_flops(s);
@@ -425,6 +447,10 @@ inline sample_plan plan_samples(const attention_spec& s, double target_flops,
       nr = s.Lq;
       nh = round_heads(row_heads / static_cast<double>(s.Lq));
     }
+    // Enough tiles per slice: more heads first, then more rows.
+    auto tiles = [&] { return (nh / G) * ((nr + quantum - 1) / quantum); };
+    while (tiles() < min_tiles && nh < s.H) nh = std::min(s.H, nh + G);
+    while (tiles() < min_tiles && static_cast<index_t>(K) * (nr + quantum) < s.Lq) nr += quantum;
   }
   for (int k = 0; k < K; ++k) {
     attention_slice sl;

@@ -10,6 +10,7 @@
 #   ATTNKIT_TEST_QUICK=1   only a native build (tests, benchmarks, examples) and the consumers
 #   ATTNKIT_TEST_FORMAT=1  also run the clang-format check (format_check)
 #   ATTNKIT_WERROR=1       build with -Werror
+#   ATTNKIT_TEST_ONLY="asan-ubsan consumer-install"   run only the named stages (deps always runs)
 #   ATTNKIT_JOBS=N         build parallelism (default 2)
 # Build directories: build/ci-<name>. Exits nonzero when any stage fails.
 set -euo pipefail
@@ -19,6 +20,7 @@ cd "$ROOT"
 JOBS=${ATTNKIT_JOBS:-2}
 QUICK=${ATTNKIT_TEST_QUICK:-0}
 FORMAT=${ATTNKIT_TEST_FORMAT:-0}
+ONLY=${ATTNKIT_TEST_ONLY:-}
 WERROR=$([ "${ATTNKIT_WERROR:-0}" = 1 ] && echo ON || echo OFF)
 export CTEST_OUTPUT_ON_FAILURE=1
 
@@ -31,6 +33,10 @@ failed=0
 run_stage() {
   local name=$1 start=$SECONDS rc
   shift
+  if [ -n "$ONLY" ] && [ "$name" != deps ] && [[ " $ONLY " != *" $name "* ]]; then
+    skip_stage "$name" "not in ATTNKIT_TEST_ONLY"
+    return 0
+  fi
   echo
   echo "=================== [$name] $(date -u +%H:%M:%S) ==================="
   set +e
@@ -111,7 +117,7 @@ format_check() {
 }
 
 total_start=$SECONDS
-echo "attnkit scripts/test.sh: quick=$QUICK format=$FORMAT werror=$WERROR jobs=$JOBS CI=${CI:-}"
+echo "attnkit scripts/test.sh: quick=$QUICK format=$FORMAT werror=$WERROR jobs=$JOBS only='$ONLY' CI=${CI:-}"
 run_stage deps bash scripts/install_deps.sh
 echo "machine: $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
 echo "tools: $(c++ --version | head -1); $(cmake --version | head -1); ninja $(ninja --version)"

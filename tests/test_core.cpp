@@ -275,15 +275,18 @@ struct batch_case {
 };
 }  // namespace
 
+// scalar, native, and avx2 too when native is avx512 (its fallback).
 #if ATTNKIT_HAS_AVX512
 #define ATTNKIT_TEST_BATCHES                                                                    \
   (batch_case<float, attnkit::simd::scalar>), (batch_case<double, attnkit::simd::scalar>),     \
       (batch_case<float, attnkit::simd::avx2>), (batch_case<double, attnkit::simd::avx2>),     \
       (batch_case<float, attnkit::simd::native>), (batch_case<double, attnkit::simd::native>)
-#else
+#elif ATTNKIT_HAS_AVX2
 #define ATTNKIT_TEST_BATCHES                                                                    \
   (batch_case<float, attnkit::simd::scalar>), (batch_case<double, attnkit::simd::scalar>),     \
       (batch_case<float, attnkit::simd::native>), (batch_case<double, attnkit::simd::native>)
+#else
+#define ATTNKIT_TEST_BATCHES (batch_case<float, attnkit::simd::scalar>), (batch_case<double, attnkit::simd::scalar>)
 #endif
 
 TEMPLATE_TEST_CASE("batch: loads, stores and partial tails", "[core][simd]", ATTNKIT_TEST_BATCHES) {

@@ -6,6 +6,7 @@
 #include <iostream>
 #include <limits>
 #include <random>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -33,7 +34,10 @@ constexpr bool kSanitized = false;
 constexpr bool kSanitized = false;
 #endif
 
-using arch_list = std::tuple<attnkit::simd::scalar, attnkit::simd::native>;
+// scalar and native side by side (just scalar when native is scalar).
+using arch_list = std::conditional_t<std::is_same_v<attnkit::simd::native, attnkit::simd::scalar>,
+                                     std::tuple<attnkit::simd::scalar>,
+                                     std::tuple<attnkit::simd::scalar, attnkit::simd::native>>;
 
 /// The functions under test: exp, exp2, and detail::exp2_nonpositive (the softmax kernels' 2^x
 /// for x <= 0).

@@ -58,7 +58,8 @@ tour_row attention_row(std::string op, ab::attention_problem& p, bool causal, ve
                        double target_flops_per_thread = 0.75e9, double flops = -1.0) {
   ab::attention_spec spec = p.spec;
   spec.causal = causal ? attnkit::causal_mode::top_left : attnkit::causal_mode::none;
-  const ab::sample_plan plan = ab::plan_samples(spec, target_flops_per_thread * threads, how);
+  const ab::sample_plan plan =
+      ab::plan_samples(spec, target_flops_per_thread * threads, how, 4, 0, 2 * threads);
   attnkit::attention_options opt;
   opt.threads = threads;
   opt.mask.causal = spec.causal;
@@ -161,7 +162,9 @@ int main(int argc, char** argv) {
               ab::max_threads());
   const ab::peak_result peak1 = ab::measure_peak(1);
   std::printf("measured fp32 FMA peak (%s): %.1f GFLOP/s on 1 thread", ab::peak_isa, peak1.gflops);
-  if (threads > 1) std::printf(", %.1f GFLOP/s on %d threads", ab::measure_peak(threads).gflops, threads);
+  if (threads > 1)
+    std::printf(", %.1f GFLOP/s on %d threads", ab::measure_peak(threads, 0.5, threads * peak1.gflops).gflops,
+                threads);
   std::printf("\n%%peak below = GFLOP/s / (%d x the 1-thread peak)", threads);
   const double load = ab::load_average();
   if (load > 0.5 * ab::online_cpus())
