@@ -60,7 +60,7 @@ attention_shape check_attention_views(const char* where, const tensor_view<TQ, 4
   require_data(k, where, "k");
   require_data(v, where, "v");
   require_data(out, where, "out");
-  for (std::size_t d = 0; d < 4; ++d)
+  for (std::size_t d = 0; d < 4 && !out.empty(); ++d)
     require(out.stride(d) != 0 || out.extent(d) <= 1, where,
             "out has stride 0 in dimension " + std::to_string(d) + " (extent " +
                 std::to_string(out.extent(d)) + "): outputs would overwrite each other");

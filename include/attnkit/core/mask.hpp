@@ -54,6 +54,8 @@ inline visibility make_visibility(const mask& m, index_t b, index_t lq, index_t 
 /// `allow_bias` is false for operators that cannot honour an additive bias.
 inline void check_mask(const mask& m, const char* where, index_t B, index_t H, index_t lq, index_t lk,
                        bool allow_bias = true) {
+  require(m.key_lengths || m.key_lengths.size() == 0, where,
+          "mask.key_lengths has extents " + shape_string(m.key_lengths.extents()) + " but no data");
   if (m.key_lengths) {
     require(m.key_lengths.extent(0) == B, where,
             "mask.key_lengths has shape " + shape_string(m.key_lengths.extents()) + ", expected [" +

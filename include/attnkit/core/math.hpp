@@ -12,6 +12,7 @@
 #include <array>
 #include <cmath>
 #include <tuple>
+#include <type_traits>
 #include <cstddef>
 #include <limits>
 
@@ -118,7 +119,10 @@ struct exp2_softmax_table<float> {
 template <class B>
 ATTNKIT_ALWAYS_INLINE B exp2_nonpositive(B x) {
   using T = typename B::value_type;
-  x = max(B::broadcast(T(-160)), x);  // -inf -> -160 (2^-160 flushes to 0); NaN stays NaN
+  // -inf -> a power of two below the smallest denormal (2^-160 float, 2^-1100 double) so the result
+  // is exactly 0; NaN stays NaN (max returns its second operand on NaN).
+  constexpr T lo = std::is_same_v<T, float> ? T(-160) : T(-1100);
+  x = max(B::broadcast(lo), x);
   const B n = round_nearest(x);
   return ldexp(horner(x - n, exp2_softmax_table<T>::value), n);
 }
