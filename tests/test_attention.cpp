@@ -278,7 +278,7 @@ TEMPLATE_TEST_CASE("full_attention: grouped-query and multi-query heads", "[atte
   struct heads {
     index_t B, H, Hkv;
   };
-  const heads hs[] = {{1, 1, 1}, {2, 3, 3}, {3, 6, 3}, {2, 8, 2}, {2, 8, 1}, {1, 8, 8}, {1, 5, 1}, {2, 4, 4}};
+  const heads hs[] = {{1, 1, 1}, {2, 3, 3}, {3, 6, 3}, {2, 8, 2}, {2, 8, 1}, {1, 8, 8}, {1, 5, 1}, {2, 4, 4}, {1, 7, 1}, {2, 2, 2}};
   const std::pair<index_t, index_t> lens[] = {{17, 29}, {49, 49}, {29, 17}};
   std::uint64_t salt = 300;
   for (const heads& h : hs)

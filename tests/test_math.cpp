@@ -299,7 +299,9 @@ TEMPLATE_LIST_TEST_CASE("exp and exp2: special values and range ends", "[math][e
     CHECK(f(-200.0f) == 0.0f);
     CHECK(std::isnan(f(std::numeric_limits<float>::quiet_NaN())));
     CHECK(d(0.0) == 1.0);
+    INFO("exp2_nonpositive<double>(-inf) = " << d(-dinf) << ", (-200) = " << d(-200.0) << " (want " << std::exp2(-200.0) << ")");
     CHECK(d(-dinf) == 0.0);
+    CHECK(d(-200.0) == std::exp2(-200.0));
     CHECK(std::isnan(d(std::numeric_limits<double>::quiet_NaN())));
     int inexact = 0;
     for (int n = -126; n <= 0; ++n) inexact += f(static_cast<float>(n)) != std::ldexp(1.0f, n);
