@@ -2,13 +2,13 @@
 # attnkit's test command (CI runs it through .ci/run). Installs the dependencies, then builds and
 # runs the tests in several configurations, and checks the CMake package from a consumer project:
 #   scalar-cxx20  ATTNKIT_SIMD=scalar, C++20
-#   avx2          ATTNKIT_SIMD=avx2 (if the CPU has AVX2+FMA), also compiles benchmarks and examples
-#   avx512        ATTNKIT_SIMD=avx512 (if the CPU has AVX-512 F/DQ/BW/VL)
+#   avx512|avx2   the widest ISA the CPU has (AVX-512 F/DQ/BW/VL, else AVX2+FMA); tests every kernel
+#                 up to it (scalar, avx2, avx512), compiles the benchmarks and examples
 #   asan          ASan + UBSan, Debug -O1 (avx2 if available, else scalar)
 #   consumer-install / consumer-subdir   tests/consumer against `cmake --install` and add_subdirectory
 # Environment:
 #   ATTNKIT_TEST_QUICK=1   only a native build (tests, benchmarks, examples) and the consumers
-#   ATTNKIT_TEST_FORMAT=1  also run the clang-format check (format_check)
+#   ATTNKIT_TEST_FORMAT=0  skip the clang-format check (format_check)
 #   ATTNKIT_WERROR=1       build with -Werror
 #   ATTNKIT_TEST_ONLY="asan-ubsan consumer-install"   run only the named stages (deps always runs)
 #   ATTNKIT_JOBS=N         build parallelism (default 2)
@@ -19,7 +19,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 JOBS=${ATTNKIT_JOBS:-2}
 QUICK=${ATTNKIT_TEST_QUICK:-0}
-FORMAT=${ATTNKIT_TEST_FORMAT:-0}
+FORMAT=${ATTNKIT_TEST_FORMAT:-1}
 ONLY=${ATTNKIT_TEST_ONLY:-}
 WERROR=$([ "${ATTNKIT_WERROR:-0}" = 1 ] && echo ON || echo OFF)
 export CTEST_OUTPUT_ON_FAILURE=1
@@ -133,24 +133,20 @@ if [ "$QUICK" = 1 ]; then
     -DATTNKIT_SANITIZE=OFF -DATTNKIT_CXX_STANDARD=17 \
     -DATTNKIT_BUILD_BENCHMARKS=ON -DATTNKIT_BUILD_EXAMPLES=ON
 else
-  # Benchmarks and examples are compile-checked in one build only: avx2, else scalar.
-  BENCH_IN_SCALAR=$([ $HAS_AVX2 = 1 ] && echo OFF || echo ON)
+  # The widest ISA the host runs: its tests cover every narrower kernel as well (an avx512 build
+  # tests the scalar, avx2 and avx512 kernels side by side), and it compiles the benchmarks and
+  # examples. The scalar build covers C++20 and hosts without AVX2.
+  SIMD=$([ $HAS_AVX512 = 1 ] && echo avx512 || ([ $HAS_AVX2 = 1 ] && echo avx2) || echo none)
+  BENCH_IN_SCALAR=$([ "$SIMD" = none ] && echo ON || echo OFF)
   run_stage scalar-cxx20 build_and_test scalar-cxx20 -DATTNKIT_SIMD=scalar -DATTNKIT_CXX_STANDARD=20 \
     -DCMAKE_BUILD_TYPE=Release -DATTNKIT_SANITIZE=OFF \
     -DATTNKIT_BUILD_BENCHMARKS=$BENCH_IN_SCALAR -DATTNKIT_BUILD_EXAMPLES=$BENCH_IN_SCALAR
-  if [ $HAS_AVX2 = 1 ]; then
-    run_stage avx2 build_and_test avx2 -DATTNKIT_SIMD=avx2 -DATTNKIT_CXX_STANDARD=17 \
+  if [ "$SIMD" != none ]; then
+    run_stage "$SIMD" build_and_test "$SIMD" -DATTNKIT_SIMD="$SIMD" -DATTNKIT_CXX_STANDARD=17 \
       -DCMAKE_BUILD_TYPE=Release -DATTNKIT_SANITIZE=OFF \
       -DATTNKIT_BUILD_BENCHMARKS=ON -DATTNKIT_BUILD_EXAMPLES=ON
   else
-    skip_stage avx2 "CPU lacks avx2/fma"
-  fi
-  if [ $HAS_AVX512 = 1 ]; then
-    run_stage avx512 build_and_test avx512 -DATTNKIT_SIMD=avx512 -DATTNKIT_CXX_STANDARD=17 \
-      -DCMAKE_BUILD_TYPE=Release -DATTNKIT_SANITIZE=OFF \
-      -DATTNKIT_BUILD_BENCHMARKS=OFF -DATTNKIT_BUILD_EXAMPLES=OFF
-  else
-    skip_stage avx512 "CPU lacks avx512f/dq/bw/vl"
+    skip_stage simd "CPU lacks avx2/fma"
   fi
   SAN_SIMD=$([ $HAS_AVX2 = 1 ] && echo avx2 || echo scalar)
   run_stage asan-ubsan sanitized_build_and_test "$SAN_SIMD"
@@ -160,7 +156,7 @@ run_stage consumer-subdir consumer_subdir
 if [ "$FORMAT" = 1 ]; then
   run_stage format format_check
 else
-  skip_stage format "set ATTNKIT_TEST_FORMAT=1"
+  skip_stage format "ATTNKIT_TEST_FORMAT=0"
 fi
 
 echo

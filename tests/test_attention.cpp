@@ -1,5 +1,5 @@
 // attnkit tests: full_attention (tiled prefill kernel and split-key decode kernel) against the fp64
-// reference of tests/reference/attention_ref.hpp, for simd::scalar and simd::native side by side.
+// reference of tests/reference/attention_ref.hpp, for every SIMD architecture the build can run.
 //
 // Tolerances. float: |y - ref| <= 2e-5 + 1e-4 |ref|. With q, k, v uniform in [-1, 1) and
 // scale = 1/sqrt(dk), every logit is a dk-term fp32 dot product whose rounding error is at most
@@ -27,6 +27,7 @@
 
 #include "reference/attention_ref.hpp"
 #include "reference/common.hpp"
+#include "reference/kernel_instances.hpp"
 
 namespace {
 
@@ -43,13 +44,6 @@ template <>
 struct tolerance<double> {
   static constexpr double atol = 1e-12, rtol = 1e-12, unit = 0x1p-53;
 };
-
-/// Calls f(Arch{}) for simd::scalar and, when it differs, simd::native.
-template <class F>
-void for_each_arch(F&& f) {
-  f(attnkit::simd::scalar{});
-  if constexpr (!std::is_same_v<attnkit::simd::native, attnkit::simd::scalar>) f(attnkit::simd::native{});
-}
 
 template <class T>
 T sentinel() {
@@ -68,22 +62,33 @@ enum class bias_kind {
 };
 const char* bias_name(bias_kind b) {
   switch (b) {
-    case bias_kind::none: return "none";
-    case bias_kind::b1_1_q_k: return "[1,1,Lq,Lk]";
-    case bias_kind::b_1_q_k: return "[B,1,Lq,Lk]";
-    case bias_kind::b1_h_q_k: return "[1,H,Lq,Lk]";
-    case bias_kind::b_h_q_k: return "[B,H,Lq,Lk]";
-    case bias_kind::b_1_1_k: return "[B,1,1,Lk]";
-    case bias_kind::b1_1_1_1: return "[1,1,1,1]";
-    case bias_kind::b1_1_q_1: return "[1,1,Lq,1]";
+    case bias_kind::none:
+      return "none";
+    case bias_kind::b1_1_q_k:
+      return "[1,1,Lq,Lk]";
+    case bias_kind::b_1_q_k:
+      return "[B,1,Lq,Lk]";
+    case bias_kind::b1_h_q_k:
+      return "[1,H,Lq,Lk]";
+    case bias_kind::b_h_q_k:
+      return "[B,H,Lq,Lk]";
+    case bias_kind::b_1_1_k:
+      return "[B,1,1,Lk]";
+    case bias_kind::b1_1_1_1:
+      return "[1,1,1,1]";
+    case bias_kind::b1_1_q_1:
+      return "[1,1,Lq,1]";
   }
   return "?";
 }
 const char* causal_name(causal_mode c) {
   switch (c) {
-    case causal_mode::none: return "none";
-    case causal_mode::top_left: return "top_left";
-    case causal_mode::bottom_right: return "bottom_right";
+    case causal_mode::none:
+      return "none";
+    case causal_mode::top_left:
+      return "top_left";
+    case causal_mode::bottom_right:
+      return "bottom_right";
   }
   return "?";
 }
@@ -97,33 +102,40 @@ struct spec {
   bias_kind bias = bias_kind::none;
   layout bias_layout = layout::contiguous;
   double scale = 0;
-  layout lq = layout::contiguous, lk = layout::contiguous, lv = layout::contiguous,
-         lo = layout::contiguous;
+  layout lq = layout::contiguous, lk = layout::contiguous, lv = layout::contiguous, lo = layout::contiguous;
   double range = 1;  // q and k uniform in [-range, range)
 };
 
 std::string describe(const spec& s) {
   std::ostringstream os;
-  os << "B=" << s.B << " H=" << s.H << " Hkv=" << s.Hkv << " Lq=" << s.Lq << " Lk=" << s.Lk
-     << " dk=" << s.dk << " dv=" << s.dv << " causal=" << causal_name(s.causal) << " key_lengths=";
+  os << "B=" << s.B << " H=" << s.H << " Hkv=" << s.Hkv << " Lq=" << s.Lq << " Lk=" << s.Lk << " dk=" << s.dk
+     << " dv=" << s.dv << " causal=" << causal_name(s.causal) << " key_lengths=";
   if (s.key_lengths.empty()) os << "none";
   for (std::size_t b = 0; b < s.key_lengths.size(); ++b) os << (b ? "," : "") << s.key_lengths[b];
   os << " bias=" << bias_name(s.bias) << "(" << layout_name(s.bias_layout) << ") scale=" << s.scale
-     << " layouts q/k/v/out=" << layout_name(s.lq) << "/" << layout_name(s.lk) << "/"
-     << layout_name(s.lv) << "/" << layout_name(s.lo) << " range=" << s.range;
+     << " layouts q/k/v/out=" << layout_name(s.lq) << "/" << layout_name(s.lk) << "/" << layout_name(s.lv)
+     << "/" << layout_name(s.lo) << " range=" << s.range;
   return os.str();
 }
 
 std::array<index_t, 4> bias_extents(const spec& s) {
   switch (s.bias) {
-    case bias_kind::none: return {0, 0, 0, 0};
-    case bias_kind::b1_1_q_k: return {1, 1, s.Lq, s.Lk};
-    case bias_kind::b_1_q_k: return {s.B, 1, s.Lq, s.Lk};
-    case bias_kind::b1_h_q_k: return {1, s.H, s.Lq, s.Lk};
-    case bias_kind::b_h_q_k: return {s.B, s.H, s.Lq, s.Lk};
-    case bias_kind::b_1_1_k: return {s.B, 1, 1, s.Lk};
-    case bias_kind::b1_1_1_1: return {1, 1, 1, 1};
-    case bias_kind::b1_1_q_1: return {1, 1, s.Lq, 1};
+    case bias_kind::none:
+      return {0, 0, 0, 0};
+    case bias_kind::b1_1_q_k:
+      return {1, 1, s.Lq, s.Lk};
+    case bias_kind::b_1_q_k:
+      return {s.B, 1, s.Lq, s.Lk};
+    case bias_kind::b1_h_q_k:
+      return {1, s.H, s.Lq, s.Lk};
+    case bias_kind::b_h_q_k:
+      return {s.B, s.H, s.Lq, s.Lk};
+    case bias_kind::b_1_1_k:
+      return {s.B, 1, 1, s.Lk};
+    case bias_kind::b1_1_1_1:
+      return {1, 1, 1, 1};
+    case bias_kind::b1_1_q_1:
+      return {1, 1, s.Lq, 1};
   }
   return {0, 0, 0, 0};
 }
@@ -155,8 +167,10 @@ problem<T> make_problem(const spec& sp, std::uint64_t salt) {
   if (!sp.key_lengths.empty()) {
     const index_t st = sp.strided_lengths ? 2 : 1;
     p.lens.assign(sp.key_lengths.size() * static_cast<std::size_t>(st), -99);
-    for (std::size_t b = 0; b < sp.key_lengths.size(); ++b) p.lens[b * static_cast<std::size_t>(st)] = sp.key_lengths[b];
-    p.opt.mask.key_lengths = view<const std::int64_t, 1>(p.lens.data(), {static_cast<index_t>(sp.key_lengths.size())}, {st});
+    for (std::size_t b = 0; b < sp.key_lengths.size(); ++b)
+      p.lens[b * static_cast<std::size_t>(st)] = sp.key_lengths[b];
+    p.opt.mask.key_lengths =
+        view<const std::int64_t, 1>(p.lens.data(), {static_cast<index_t>(sp.key_lengths.size())}, {st});
   }
   if (sp.bias != bias_kind::none) {
     p.bias = make_buffer<float>(bias_extents(sp), sp.bias_layout);
@@ -195,7 +209,8 @@ void require_zero_rows(const view<const T, 4>& out, const std::vector<ref::row_i
         for (index_t e = 0; e < dv; ++e)
           if (!(at(out, {b, h, i, e}) == T(0))) {
             if (bad++ == 0)
-              first = index_string<4>({b, h, i, e}) + " = " + std::to_string(static_cast<double>(at(out, {b, h, i, e})));
+              first = index_string<4>({b, h, i, e}) + " = " +
+                      std::to_string(static_cast<double>(at(out, {b, h, i, e})));
           }
       }
   INFO(bad << " elements of " << rows << " rows without a visible key are not exactly 0; first " << first);
@@ -235,8 +250,8 @@ const index_t kDims[] = {1, 3, 16, 64, 80, 128};
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("full_attention: self-attention over sequence lengths and head dims", "[attention][shapes]",
-                   float, double) {
+TEMPLATE_TEST_CASE("full_attention: self-attention over sequence lengths and head dims",
+                   "[attention][shapes]", float, double) {
   std::uint64_t salt = 100;
   for (index_t L : kLengths)
     for (index_t d : kDims)
@@ -274,11 +289,13 @@ TEMPLATE_TEST_CASE("full_attention: dv != dk, batches, cross-attention Lq != Lk"
       }
 }
 
-TEMPLATE_TEST_CASE("full_attention: grouped-query and multi-query heads", "[attention][shapes]", float, double) {
+TEMPLATE_TEST_CASE("full_attention: grouped-query and multi-query heads", "[attention][shapes]", float,
+                   double) {
   struct heads {
     index_t B, H, Hkv;
   };
-  const heads hs[] = {{1, 1, 1}, {2, 3, 3}, {3, 6, 3}, {2, 8, 2}, {2, 8, 1}, {1, 8, 8}, {1, 5, 1}, {2, 4, 4}, {1, 7, 1}, {2, 2, 2}};
+  const heads hs[] = {{1, 1, 1}, {2, 3, 3}, {3, 6, 3}, {2, 8, 2}, {2, 8, 1},
+                      {1, 8, 8}, {1, 5, 1}, {2, 4, 4}, {1, 7, 1}, {2, 2, 2}};
   const std::pair<index_t, index_t> lens[] = {{17, 29}, {49, 49}, {29, 17}};
   std::uint64_t salt = 300;
   for (const heads& h : hs)
@@ -370,8 +387,9 @@ TEMPLATE_TEST_CASE("full_attention: every mask kind and their combinations", "[a
   };
   // prefill square, Lq < Lk, Lq > Lk (rows without keys under bottom_right), decode
   const lens ls[] = {{41, 41}, {17, 49}, {49, 17}, {2, 137}};
-  const bias_kind biases[] = {bias_kind::none,    bias_kind::b1_1_q_k, bias_kind::b_1_q_k, bias_kind::b1_h_q_k,
-                              bias_kind::b_h_q_k, bias_kind::b_1_1_k,  bias_kind::b1_1_1_1, bias_kind::b1_1_q_1};
+  const bias_kind biases[] = {bias_kind::none,     bias_kind::b1_1_q_k, bias_kind::b_1_q_k,
+                              bias_kind::b1_h_q_k, bias_kind::b_h_q_k,  bias_kind::b_1_1_k,
+                              bias_kind::b1_1_1_1, bias_kind::b1_1_q_1};
   std::uint64_t salt = 600;
   for (const lens& l : ls)
     for (causal_mode c : {causal_mode::none, causal_mode::top_left, causal_mode::bottom_right})
@@ -389,10 +407,17 @@ TEMPLATE_TEST_CASE("full_attention: every mask kind and their combinations", "[a
           s.bias = bk;
           const auto lk = static_cast<std::int64_t>(l.Lk);
           switch (kl) {
-            case 0: break;                                          // no key_lengths
-            case 1: s.key_lengths = {lk, lk, lk}; break;            // full
-            case 2: s.key_lengths = {0, lk, 0}; break;              // empty entries
-            case 3: s.key_lengths = {1, lk / 2 + 1, lk - 1}; break;  // partial
+            case 0:
+              break;  // no key_lengths
+            case 1:
+              s.key_lengths = {lk, lk, lk};
+              break;  // full
+            case 2:
+              s.key_lengths = {0, lk, 0};
+              break;  // empty entries
+            case 3:
+              s.key_lengths = {1, lk / 2 + 1, lk - 1};
+              break;  // partial
           }
           if (kl == 3 && lk == 0) continue;
           check_spec<TestType>(s, ++salt);
@@ -401,9 +426,9 @@ TEMPLATE_TEST_CASE("full_attention: every mask kind and their combinations", "[a
 
 TEMPLATE_TEST_CASE("full_attention: strided, padded, transposed and [B,S,H,D] views", "[attention][layout]",
                    float, double) {
-  const layout in_layouts[] = {layout::contiguous, layout::padded,   layout::bshd,     layout::bshd_padded,
-                               layout::dim_major,  layout::gapped,   layout::reversed, layout::broadcast_b};
-  const layout out_layouts[] = {layout::contiguous, layout::padded, layout::bshd, layout::bshd_padded,
+  const layout in_layouts[] = {layout::contiguous, layout::padded, layout::bshd,     layout::bshd_padded,
+                               layout::dim_major,  layout::gapped, layout::reversed, layout::broadcast_b};
+  const layout out_layouts[] = {layout::contiguous, layout::padded, layout::bshd,    layout::bshd_padded,
                                 layout::dim_major,  layout::gapped, layout::reversed};
   std::uint64_t salt = 700;
   // Every layout for every argument (the others contiguous), then everything non-contiguous at once.
@@ -447,9 +472,11 @@ TEMPLATE_TEST_CASE("full_attention: strided, padded, transposed and [B,S,H,D] vi
 
 // q, k and v as slices of one packed buffer [B, S, H + 2 Hkv, D] (the layout of a fused QKV
 // projection), expressed with strides only.
-TEMPLATE_TEST_CASE("full_attention: q, k, v slices of a packed QKV buffer", "[attention][layout]", float, double) {
+TEMPLATE_TEST_CASE("full_attention: q, k, v slices of a packed QKV buffer", "[attention][layout]", float,
+                   double) {
   using T = TestType;
-  for (auto [H, Hkv, S] : {std::tuple<index_t, index_t, index_t>{4, 4, 37}, {8, 2, 37}, {8, 1, 3}, {2, 1, 1}}) {
+  for (auto [H, Hkv, S] :
+       {std::tuple<index_t, index_t, index_t>{4, 4, 37}, {8, 2, 37}, {8, 1, 3}, {2, 1, 1}}) {
     const index_t B = 2, D = 16, P = H + 2 * Hkv;
     std::vector<T> packed(static_cast<std::size_t>(B * S * P * D));
     auto gen = seeded_rng(800 + static_cast<std::uint64_t>(H * 100 + S));
@@ -475,7 +502,8 @@ TEMPLATE_TEST_CASE("full_attention: q, k, v slices of a packed QKV buffer", "[at
   }
 }
 
-TEMPLATE_TEST_CASE("full_attention: rows that see no key are exactly zero", "[attention][mask]", float, double) {
+TEMPLATE_TEST_CASE("full_attention: rows that see no key are exactly zero", "[attention][mask]", float,
+                   double) {
   using T = TestType;
   std::uint64_t salt = 900;
   struct lens {
@@ -543,7 +571,8 @@ TEMPLATE_TEST_CASE("full_attention: NaN and Inf in invisible keys, values and bi
         for (index_t b = 0; b < s.B; ++b)
           for (index_t j = s.key_lengths[static_cast<std::size_t>(b)]; j < s.Lk; ++j) {
             for (index_t h = 0; h < s.Hkv; ++h) {
-              for (index_t e = 0; e < s.dk; ++e) at(p.k.v, {b, h, j, e}) = (j + e) % 3 == 0 ? nan : (j % 2 ? inf : -inf);
+              for (index_t e = 0; e < s.dk; ++e)
+                at(p.k.v, {b, h, j, e}) = (j + e) % 3 == 0 ? nan : (j % 2 ? inf : -inf);
               for (index_t e = 0; e < s.dv; ++e) at(p.v.v, {b, h, j, e}) = (j + e) % 2 ? nan : inf;
             }
             for (index_t h = 0; h < s.H; ++h)
@@ -564,7 +593,8 @@ TEMPLATE_TEST_CASE("full_attention: NaN and Inf in invisible keys, values and bi
       for (causal_mode c : {causal_mode::top_left, causal_mode::bottom_right})
         for (index_t t : {1, 15, 16, 17, 47, 48, 63, 64, 65, 100, 128, 129, 136, 511, 512, 513, 700, 1029}) {
           if (t >= l.Lk) continue;
-          const index_t rows = c == causal_mode::top_left ? std::min(t, l.Lq) : std::clamp<index_t>(t - (l.Lk - l.Lq), 0, l.Lq);
+          const index_t rows = c == causal_mode::top_left ? std::min(t, l.Lq)
+                                                          : std::clamp<index_t>(t - (l.Lk - l.Lq), 0, l.Lq);
           if (rows == 0) continue;
           spec s;
           s.B = 2;
@@ -609,7 +639,8 @@ TEMPLATE_TEST_CASE("full_attention: NaN and Inf in invisible keys, values and bi
           for (index_t h = 0; h < s.H; ++h)
             for (index_t i = 0; i < lq; ++i)
               for (index_t j = 0; j < lk; ++j)
-                if (!ref::visible(p.opt.mask, b, i, j, lq, lk)) at(p.bias.v, {b, h, i, j}) = (i + j) % 2 ? NAN : -INFINITY;
+                if (!ref::visible(p.opt.mask, b, i, j, lq, lk))
+                  at(p.bias.v, {b, h, i, j}) = (i + j) % 2 ? NAN : -INFINITY;
         check_problem(p);
       }
   }
@@ -624,8 +655,10 @@ TEMPLATE_TEST_CASE("full_attention: large logits do not overflow", "[attention][
     // Keys are 100 * random directions; query i is a key chosen for it plus noise, so the logit of
     // that key is ~1e4 and every other key trails it by hundreds: the softmax is one-hot up to
     // exp(-30) and a logit error of ~1e-3 (fp32 resolution at 1e4) does not move the output.
-    for (auto [lq, lk, H, Hkv] : {std::tuple<index_t, index_t, index_t, index_t>{137, 137, 2, 1}, {49, 300, 4, 2},
-                                  {1, 2000, 8, 2}, {4, 700, 2, 2}})
+    for (auto [lq, lk, H, Hkv] : {std::tuple<index_t, index_t, index_t, index_t>{137, 137, 2, 1},
+                                  {49, 300, 4, 2},
+                                  {1, 2000, 8, 2},
+                                  {4, 700, 2, 2}})
       for (causal_mode c : {causal_mode::none, causal_mode::bottom_right}) {
         spec s;
         s.B = 1;
@@ -648,7 +681,8 @@ TEMPLATE_TEST_CASE("full_attention: large logits do not overflow", "[attention][
               e = dist(gen);
               nrm += e * e;
             }
-            for (index_t e = 0; e < 16; ++e) at(p.k.v, {0, h, j, e}) = static_cast<T>(100 * x[static_cast<std::size_t>(e)] / std::sqrt(nrm));
+            for (index_t e = 0; e < 16; ++e)
+              at(p.k.v, {0, h, j, e}) = static_cast<T>(100 * x[static_cast<std::size_t>(e)] / std::sqrt(nrm));
           }
         double min_gap = 1e300, max_logit = 0;
         for (index_t h = 0; h < H; ++h)
@@ -656,11 +690,13 @@ TEMPLATE_TEST_CASE("full_attention: large logits do not overflow", "[attention][
             const index_t hk = h / (H / Hkv);
             const index_t end = c == causal_mode::none ? lk : i + lk - lq + 1;
             const index_t w = std::uniform_int_distribution<index_t>(0, end - 1)(gen);
-            for (index_t e = 0; e < 16; ++e) at(p.q.v, {0, h, i, e}) = static_cast<T>(at(p.k.v, {0, hk, w, e}) + 0.5 * dist(gen));
+            for (index_t e = 0; e < 16; ++e)
+              at(p.q.v, {0, h, i, e}) = static_cast<T>(at(p.k.v, {0, hk, w, e}) + 0.5 * dist(gen));
             double best = -1e300, second = -1e300;
             for (index_t j = 0; j < end; ++j) {
               double sij = 0;
-              for (index_t e = 0; e < 16; ++e) sij += double(at(p.q.v, {0, h, i, e})) * double(at(p.k.v, {0, hk, j, e}));
+              for (index_t e = 0; e < 16; ++e)
+                sij += double(at(p.q.v, {0, h, i, e})) * double(at(p.k.v, {0, hk, j, e}));
               max_logit = std::max(max_logit, std::fabs(sij));
               if (sij > best) {
                 second = best;
@@ -725,8 +761,8 @@ TEMPLATE_TEST_CASE("full_attention: custom scale", "[attention][scale]", float, 
     }
 }
 
-TEMPLATE_TEST_CASE("full_attention: empty extents write nothing and do not throw", "[attention][shapes]", float,
-                   double) {
+TEMPLATE_TEST_CASE("full_attention: empty extents write nothing and do not throw", "[attention][shapes]",
+                   float, double) {
   std::uint64_t salt = 1300;
   for (int which = 0; which < 5; ++which) {
     spec e;
@@ -836,13 +872,14 @@ TEMPLATE_TEST_CASE("full_attention: output bits do not depend on the thread coun
         INFO("threads = " << threads << " vs threads = 1");
         const auto many = run_kernel<Arch>(p, threads);
         REQUIRE(one.storage.size() == many.storage.size());
-        REQUIRE(std::memcmp(one.storage.data(), many.storage.data(), one.storage.size() * sizeof(T)) == 0);
+        REQUIRE(same_bits(one.storage, many.storage));
       }
     });
   }
 }
 
-TEMPLATE_TEST_CASE("reference::attention agrees with the fp64 reference", "[attention][reference]", float, double) {
+TEMPLATE_TEST_CASE("reference::attention agrees with the fp64 reference", "[attention][reference]", float,
+                   double) {
   using T = TestType;
   std::uint64_t salt = 1500;
   struct lens {
@@ -866,7 +903,8 @@ TEMPLATE_TEST_CASE("reference::attention agrees with the fp64 reference", "[atte
       auto p = make_problem<T>(s, ++salt);
       // NaN in the padding must not leak into the naive kernel either.
       for (index_t h = 0; h < s.Hkv; ++h)
-        for (index_t j = l.Lk / 2; j < l.Lk; ++j) at(p.v.v, {1, h, j, 0}) = std::numeric_limits<T>::quiet_NaN();
+        for (index_t j = l.Lk / 2; j < l.Lk; ++j)
+          at(p.v.v, {1, h, j, 0}) = std::numeric_limits<T>::quiet_NaN();
       INFO(describe(s));
       std::vector<ref::row_info> info;
       const auto want = ref::attention<T>(p.q.cv(), p.k.cv(), p.v.cv(), p.opt, &info);
@@ -891,7 +929,9 @@ TEST_CASE("full_attention: invalid arguments throw attnkit::invalid_argument and
   std::vector<float> od(static_cast<std::size_t>((B + 1) * (H + 1) * (Lq + 1) * (dv + 1)), sentinel<float>());
   const std::vector<float> od_before = od;
   using cview = view<const float, 4>;
-  const auto in = [](const std::vector<float>& d, std::array<index_t, 4> e) { return cview::contiguous(d.data(), e); };
+  const auto in = [](const std::vector<float>& d, std::array<index_t, 4> e) {
+    return cview::contiguous(d.data(), e);
+  };
   const auto outv = [&](std::array<index_t, 4> e) { return view<float, 4>::contiguous(od.data(), e); };
   const cview q = in(qd, {B, H, Lq, dk}), k = in(kd, {B, Hkv, Lk, dk}), v = in(vd, {B, Hkv, Lk, dv});
   const view<float, 4> out = outv({B, H, Lq, dv});
@@ -907,7 +947,7 @@ TEST_CASE("full_attention: invalid arguments throw attnkit::invalid_argument and
     opt.mask.key_lengths = lensv(lens, B);
     opt.mask.bias = in(bd, {B, 1, 1, Lk});
     REQUIRE_NOTHROW(attnkit::full_attention(q, k, v, out, opt));
-    REQUIRE(std::memcmp(od.data(), od_before.data(), od.size() * sizeof(float)) != 0);
+    REQUIRE(!same_bits(od, od_before));
     od = od_before;
   }
 
@@ -925,36 +965,61 @@ TEST_CASE("full_attention: invalid arguments throw attnkit::invalid_argument and
     f(o);
     return o;
   };
-  cases.push_back({"k batch != q batch", q, in(kd, {B + 1, Hkv, Lk, dk}), in(vd, {B + 1, Hkv, Lk, dv}), out, none, nullptr});
+  cases.push_back({"k batch != q batch", q, in(kd, {B + 1, Hkv, Lk, dk}), in(vd, {B + 1, Hkv, Lk, dv}), out,
+                   none, nullptr});
   cases.push_back({"k dk != q dk", q, in(kd, {B, Hkv, Lk, dk + 1}), v, out, none, nullptr});
   cases.push_back({"v Lk != k Lk", q, k, in(vd, {B, Hkv, Lk + 1, dv}), out, none, nullptr});
   cases.push_back({"v Lk < k Lk", q, k, in(vd, {B, Hkv, Lk - 1, dv}), out, none, nullptr});
   cases.push_back({"v batch != k batch", q, k, in(vd, {B + 1, Hkv, Lk, dv}), out, none, nullptr});
   cases.push_back({"v heads != k heads", q, k, in(vd, {B, 1, Lk, dv}), out, none, nullptr});
-  cases.push_back({"H not a multiple of Hkv", in(qd, {B, 3, Lq, dk}), k, v, outv({B, 3, Lq, dv}), none, nullptr});
+  cases.push_back(
+      {"H not a multiple of Hkv", in(qd, {B, 3, Lq, dk}), k, v, outv({B, 3, Lq, dv}), none, nullptr});
   cases.push_back({"Hkv > H", in(qd, {B, 1, Lq, dk}), k, v, outv({B, 1, Lq, dv}), none, nullptr});
   cases.push_back({"out dv wrong", q, k, v, outv({B, H, Lq, dv + 1}), none, "out"});
   cases.push_back({"out Lq wrong", q, k, v, outv({B, H, Lq + 1, dv}), none, "out"});
   cases.push_back({"out heads wrong", q, k, v, outv({B, H + 1, Lq, dv}), none, "out"});
   cases.push_back({"out batch wrong", q, k, v, outv({B + 1, H, Lq, dv}), none, "out"});
-  cases.push_back({"out with stride 0", q, k, v, view<float, 4>(od.data(), {B, H, Lq, dv}, {H * Lq * dv, Lq * dv, 0, 1}), none, "out"});
-  cases.push_back({"bias Lk wrong", q, k, v, out, with([&](auto& o) { o.mask.bias = in(bd, {B, H, Lq, Lk + 1}); }), "bias"});
-  cases.push_back({"bias Lq wrong", q, k, v, out, with([&](auto& o) { o.mask.bias = in(bd, {1, 1, Lq - 1, Lk}); }), "bias"});
-  cases.push_back({"bias batch 3 for B = 2", q, k, v, out, with([&](auto& o) { o.mask.bias = in(bd, {3, 1, Lq, Lk}); }), "bias"});
-  cases.push_back({"bias heads 2 for H = 4", q, k, v, out, with([&](auto& o) { o.mask.bias = in(bd, {1, 2, 1, Lk}); }), "bias"});
-  cases.push_back({"bias extents without data", q, k, v, out,
-                   with([&](auto& o) { o.mask.bias = cview(nullptr, {1, 1, Lq, Lk}, {0, 0, Lk, 1}); }), "bias"});
-  cases.push_back({"key_lengths extent B + 1", q, k, v, out, with([&](auto& o) { o.mask.key_lengths = lensv(lens, B + 1); }), "key_lengths"});
-  cases.push_back({"key_lengths extent B - 1", q, k, v, out, with([&](auto& o) { o.mask.key_lengths = lensv(lens, B - 1); }), "key_lengths"});
-  cases.push_back({"key_lengths > Lk", q, k, v, out, with([&](auto& o) { o.mask.key_lengths = lensv(lens_long, B); }), "key_lengths"});
-  cases.push_back({"key_lengths < 0", q, k, v, out, with([&](auto& o) { o.mask.key_lengths = lensv(lens_neg, B); }), "key_lengths"});
+  cases.push_back({"out with stride 0", q, k, v,
+                   view<float, 4>(od.data(), {B, H, Lq, dv}, {H * Lq * dv, Lq * dv, 0, 1}), none, "out"});
+  cases.push_back({"bias Lk wrong", q, k, v, out, with([&](auto& o) {
+                     o.mask.bias = in(bd, {B, H, Lq, Lk + 1});
+                   }),
+                   "bias"});
+  cases.push_back({"bias Lq wrong", q, k, v, out, with([&](auto& o) {
+                     o.mask.bias = in(bd, {1, 1, Lq - 1, Lk});
+                   }),
+                   "bias"});
+  cases.push_back({"bias batch 3 for B = 2", q, k, v, out, with([&](auto& o) {
+                     o.mask.bias = in(bd, {3, 1, Lq, Lk});
+                   }),
+                   "bias"});
+  cases.push_back({"bias heads 2 for H = 4", q, k, v, out, with([&](auto& o) {
+                     o.mask.bias = in(bd, {1, 2, 1, Lk});
+                   }),
+                   "bias"});
+  cases.push_back({"bias extents without data", q, k, v, out, with([&](auto& o) {
+                     o.mask.bias = cview(nullptr, {1, 1, Lq, Lk}, {0, 0, Lk, 1});
+                   }),
+                   "bias"});
+  cases.push_back({"key_lengths extent B + 1", q, k, v, out,
+                   with([&](auto& o) { o.mask.key_lengths = lensv(lens, B + 1); }), "key_lengths"});
+  cases.push_back({"key_lengths extent B - 1", q, k, v, out,
+                   with([&](auto& o) { o.mask.key_lengths = lensv(lens, B - 1); }), "key_lengths"});
+  cases.push_back({"key_lengths > Lk", q, k, v, out,
+                   with([&](auto& o) { o.mask.key_lengths = lensv(lens_long, B); }), "key_lengths"});
+  cases.push_back({"key_lengths < 0", q, k, v, out,
+                   with([&](auto& o) { o.mask.key_lengths = lensv(lens_neg, B); }), "key_lengths"});
   cases.push_back({"threads = -1", q, k, v, out, with([](auto& o) { o.threads = -1; }), "threads"});
   cases.push_back({"scale NaN", q, k, v, out, with([](auto& o) { o.scale = std::nan(""); }), "scale"});
   cases.push_back({"scale +inf", q, k, v, out, with([](auto& o) { o.scale = HUGE_VAL; }), "scale"});
-  cases.push_back({"null q with nonzero size", cview(nullptr, q.extents(), q.strides()), k, v, out, none, nullptr});
-  cases.push_back({"null k with nonzero size", q, cview(nullptr, k.extents(), k.strides()), v, out, none, nullptr});
-  cases.push_back({"null v with nonzero size", q, k, cview(nullptr, v.extents(), v.strides()), out, none, nullptr});
-  cases.push_back({"null out with nonzero size", q, k, v, view<float, 4>(nullptr, out.extents(), out.strides()), none, nullptr});
+  cases.push_back(
+      {"null q with nonzero size", cview(nullptr, q.extents(), q.strides()), k, v, out, none, nullptr});
+  cases.push_back(
+      {"null k with nonzero size", q, cview(nullptr, k.extents(), k.strides()), v, out, none, nullptr});
+  cases.push_back(
+      {"null v with nonzero size", q, k, cview(nullptr, v.extents(), v.strides()), out, none, nullptr});
+  cases.push_back({"null out with nonzero size", q, k, v,
+                   view<float, 4>(nullptr, out.extents(), out.strides()), none, nullptr});
   cases.push_back({"negative extent", in(qd, {B, H, -1, dk}), k, v, outv({B, H, -1, dv}), none, nullptr});
 
   for (const bad& c : cases) {
@@ -962,13 +1027,15 @@ TEST_CASE("full_attention: invalid arguments throw attnkit::invalid_argument and
     for_each_arch([&](auto arch) {
       using Arch = decltype(arch);
       INFO("arch " << Arch::name);
-      REQUIRE_THROWS_AS(attnkit::full_attention<Arch>(c.q, c.k, c.v, c.out, c.opt), attnkit::invalid_argument);
-      if (c.needle) REQUIRE_THROWS_WITH(attnkit::full_attention<Arch>(c.q, c.k, c.v, c.out, c.opt), Contains(c.needle));
+      REQUIRE_THROWS_AS(attnkit::full_attention<Arch>(c.q, c.k, c.v, c.out, c.opt),
+                        attnkit::invalid_argument);
+      if (c.needle)
+        REQUIRE_THROWS_WITH(attnkit::full_attention<Arch>(c.q, c.k, c.v, c.out, c.opt), Contains(c.needle));
       INFO("out must be untouched");
-      REQUIRE(std::memcmp(od.data(), od_before.data(), od.size() * sizeof(float)) == 0);
+      REQUIRE(same_bits(od, od_before));
     });
     REQUIRE_THROWS_AS(attnkit::reference::attention(c.q, c.k, c.v, c.out, c.opt), attnkit::invalid_argument);
-    REQUIRE(std::memcmp(od.data(), od_before.data(), od.size() * sizeof(float)) == 0);
+    REQUIRE(same_bits(od, od_before));
   }
   // invalid_argument is a std::invalid_argument
   STATIC_REQUIRE(std::is_base_of_v<std::invalid_argument, attnkit::invalid_argument>);
@@ -1007,7 +1074,8 @@ TEST_CASE("full_attention: null data with zero size is accepted", "[attention][e
     REQUIRE(nonzero == 0);
     // no queries: q and out empty and null
     attnkit::tensor<float, 4> k({B, H, Lk, d}), v({B, H, Lk, d});
-    REQUIRE_NOTHROW(attnkit::full_attention<Arch>(cview(nullptr, {B, H, 0, d}, {0, 0, 0, 0}), k.cview(), v.cview(),
+    REQUIRE_NOTHROW(attnkit::full_attention<Arch>(cview(nullptr, {B, H, 0, d}, {0, 0, 0, 0}), k.cview(),
+                                                  v.cview(),
                                                   view<float, 4>(nullptr, {B, H, 0, d}, {H * d, d, d, 1})));
   });
 }

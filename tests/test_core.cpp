@@ -88,9 +88,12 @@ TEST_CASE("tensor_view: arbitrary strides, broadcast stride 0, const conversion"
   CHECK(ct.extents() == t.extents());
   CHECK(ct.strides() == t.strides());
   STATIC_REQUIRE(std::is_convertible_v<attnkit::tensor_view<float, 3>, attnkit::tensor_view<const float, 3>>);
-  STATIC_REQUIRE_FALSE(std::is_convertible_v<attnkit::tensor_view<const float, 3>, attnkit::tensor_view<float, 3>>);
-  STATIC_REQUIRE_FALSE(std::is_convertible_v<attnkit::tensor_view<float, 3>, attnkit::tensor_view<const double, 3>>);
-  STATIC_REQUIRE_FALSE(std::is_convertible_v<attnkit::tensor_view<float, 3>, attnkit::tensor_view<const float, 2>>);
+  STATIC_REQUIRE_FALSE(
+      std::is_convertible_v<attnkit::tensor_view<const float, 3>, attnkit::tensor_view<float, 3>>);
+  STATIC_REQUIRE_FALSE(
+      std::is_convertible_v<attnkit::tensor_view<float, 3>, attnkit::tensor_view<const double, 3>>);
+  STATIC_REQUIRE_FALSE(
+      std::is_convertible_v<attnkit::tensor_view<float, 3>, attnkit::tensor_view<const float, 2>>);
 }
 
 TEST_CASE("tensor: 64-byte alignment, zero initialization, deep copies", "[core][tensor]") {
@@ -172,7 +175,7 @@ TEST_CASE("parallel_for: every task runs exactly once, thread ids in range, resu
         for (int i = 1; i <= 100; ++i) acc += std::sin(static_cast<double>(t * i));
         serial[static_cast<std::size_t>(t)] = acc;
       });
-      CHECK(std::memcmp(serial.data(), result.data(), serial.size() * sizeof(double)) == 0);
+      CHECK(attnkit_test::same_bits(serial, result));
     }
 }
 
@@ -180,7 +183,8 @@ TEST_CASE("mask: visibility gives each query a prefix of keys for every causal m
   using attnkit::causal_mode;
   const std::vector<std::int64_t> lens{0, 1, 3, 7, 12};
   for (causal_mode c : {causal_mode::none, causal_mode::top_left, causal_mode::bottom_right})
-    for (auto [lq, lk] : {std::pair<index_t, index_t>{5, 12}, {12, 12}, {12, 5}, {1, 12}, {12, 1}, {0, 3}, {3, 0}})
+    for (auto [lq, lk] :
+         {std::pair<index_t, index_t>{5, 12}, {12, 12}, {12, 5}, {1, 12}, {12, 1}, {0, 3}, {3, 0}})
       for (int use_lens = 0; use_lens < 2; ++use_lens) {
         attnkit::mask m;
         m.causal = c;
@@ -219,19 +223,23 @@ TEST_CASE("mask: visibility gives each query a prefix of keys for every causal m
   CHECK(attnkit::detail::make_visibility(m, 0, 2, 9).key_end(0) == 8);
 }
 
-TEST_CASE("mask: check_mask validates key_lengths and bias, broadcast_bias indexes [B, H, Lq, Lk]", "[core][mask]") {
+TEST_CASE("mask: check_mask validates key_lengths and bias, broadcast_bias indexes [B, H, Lq, Lk]",
+          "[core][mask]") {
   const index_t B = 2, H = 3, Lq = 4, Lk = 5;
   std::vector<float> bias(static_cast<std::size_t>(B * H * Lq * Lk));
   for (std::size_t i = 0; i < bias.size(); ++i) bias[i] = static_cast<float>(i);
-  auto bview = [&](std::array<index_t, 4> e) { return attnkit::tensor_view<const float, 4>::contiguous(bias.data(), e); };
+  auto bview = [&](std::array<index_t, 4> e) {
+    return attnkit::tensor_view<const float, 4>::contiguous(bias.data(), e);
+  };
   const std::array<index_t, 4> ok_shapes[] = {{B, H, Lq, Lk}, {1, 1, Lq, Lk}, {B, 1, Lq, Lk}, {1, H, Lq, Lk},
-                                             {B, 1, 1, Lk},  {1, 1, 1, 1},   {1, 1, Lq, 1}, {B, H, 1, 1}};
+                                              {B, 1, 1, Lk},  {1, 1, 1, 1},   {1, 1, Lq, 1},  {B, H, 1, 1}};
   for (const auto& e : ok_shapes) {
     INFO("bias shape " << attnkit_test::index_string(e));
     attnkit::mask m;
     m.bias = bview(e);
     CHECK_NOTHROW(attnkit::detail::check_mask(m, "test", B, H, Lq, Lk));
-    CHECK_THROWS_AS(attnkit::detail::check_mask(m, "test", B, H, Lq, Lk, /*allow_bias=*/false), attnkit::invalid_argument);
+    CHECK_THROWS_AS(attnkit::detail::check_mask(m, "test", B, H, Lq, Lk, /*allow_bias=*/false),
+                    attnkit::invalid_argument);
     const auto full = attnkit::detail::broadcast_bias(m.bias, B, H, Lq, Lk);
     CHECK(full.extents() == std::array<index_t, 4>{B, H, Lq, Lk});
     index_t bad = 0;
@@ -242,7 +250,8 @@ TEST_CASE("mask: check_mask validates key_lengths and bias, broadcast_bias index
             bad += static_cast<double>(full(b, h, i, j)) != attnkit_test::ref::bias_at(m.bias, b, h, i, j);
     CHECK(bad == 0);
   }
-  const std::array<index_t, 4> bad_shapes[] = {{B, H, Lq, Lk + 1}, {3, 1, Lq, Lk}, {1, 2, 1, 1}, {1, 1, Lq - 1, Lk}, {B, H, Lq, 0}};
+  const std::array<index_t, 4> bad_shapes[] = {
+      {B, H, Lq, Lk + 1}, {3, 1, Lq, Lk}, {1, 2, 1, 1}, {1, 1, Lq - 1, Lk}, {B, H, Lq, 0}};
   for (const auto& e : bad_shapes) {
     INFO("bias shape " << attnkit_test::index_string(e));
     attnkit::mask m;
@@ -257,7 +266,8 @@ TEST_CASE("mask: check_mask validates key_lengths and bias, broadcast_bias index
   m.key_lengths = lv(good);
   CHECK_NOTHROW(attnkit::detail::check_mask(m, "test", B, H, Lq, Lk));
   m.key_lengths = lv(high);
-  CHECK_THROWS_WITH(attnkit::detail::check_mask(m, "where", B, H, Lq, Lk), Catch::Matchers::Contains("key_lengths") && Catch::Matchers::StartsWith("where"));
+  CHECK_THROWS_WITH(attnkit::detail::check_mask(m, "where", B, H, Lq, Lk),
+                    Catch::Matchers::Contains("key_lengths") && Catch::Matchers::StartsWith("where"));
   m.key_lengths = lv(neg);
   CHECK_THROWS_AS(attnkit::detail::check_mask(m, "test", B, H, Lq, Lk), attnkit::invalid_argument);
   m.key_lengths = lv(three);
@@ -277,16 +287,17 @@ struct batch_case {
 
 // scalar, native, and avx2 too when native is avx512 (its fallback).
 #if ATTNKIT_HAS_AVX512
-#define ATTNKIT_TEST_BATCHES                                                                    \
-  (batch_case<float, attnkit::simd::scalar>), (batch_case<double, attnkit::simd::scalar>),     \
-      (batch_case<float, attnkit::simd::avx2>), (batch_case<double, attnkit::simd::avx2>),     \
+#define ATTNKIT_TEST_BATCHES                                                               \
+  (batch_case<float, attnkit::simd::scalar>), (batch_case<double, attnkit::simd::scalar>), \
+      (batch_case<float, attnkit::simd::avx2>), (batch_case<double, attnkit::simd::avx2>), \
       (batch_case<float, attnkit::simd::native>), (batch_case<double, attnkit::simd::native>)
 #elif ATTNKIT_HAS_AVX2
-#define ATTNKIT_TEST_BATCHES                                                                    \
-  (batch_case<float, attnkit::simd::scalar>), (batch_case<double, attnkit::simd::scalar>),     \
+#define ATTNKIT_TEST_BATCHES                                                               \
+  (batch_case<float, attnkit::simd::scalar>), (batch_case<double, attnkit::simd::scalar>), \
       (batch_case<float, attnkit::simd::native>), (batch_case<double, attnkit::simd::native>)
 #else
-#define ATTNKIT_TEST_BATCHES (batch_case<float, attnkit::simd::scalar>), (batch_case<double, attnkit::simd::scalar>)
+#define ATTNKIT_TEST_BATCHES \
+  (batch_case<float, attnkit::simd::scalar>), (batch_case<double, attnkit::simd::scalar>)
 #endif
 
 TEMPLATE_TEST_CASE("batch: loads, stores and partial tails", "[core][simd]", ATTNKIT_TEST_BATCHES) {
@@ -298,7 +309,8 @@ TEMPLATE_TEST_CASE("batch: loads, stores and partial tails", "[core][simd]", ATT
   for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<T>(i) + T(0.5);
   // full load / store at an unaligned address
   B::load(src.data() + 1).store(dst.data() + 1);
-  for (int l = 0; l < W; ++l) CHECK(dst[static_cast<std::size_t>(1 + l)] == src[static_cast<std::size_t>(1 + l)]);
+  for (int l = 0; l < W; ++l)
+    CHECK(dst[static_cast<std::size_t>(1 + l)] == src[static_cast<std::size_t>(1 + l)]);
   // iota, broadcast, zero
   std::vector<T> lanes(static_cast<std::size_t>(W));
   B::iota().store(lanes.data());
@@ -329,7 +341,8 @@ TEMPLATE_TEST_CASE("batch: loads, stores and partial tails", "[core][simd]", ATT
   }
   // load_partial near the end of an allocation (ASan checks that no lane past n is read)
   std::vector<T> tail(static_cast<std::size_t>(std::max(W - 1, 1)), T(2));
-  B::load_partial(tail.data(), static_cast<int>(tail.size()) >= W ? W : static_cast<int>(tail.size())).store(lanes.data());
+  B::load_partial(tail.data(), static_cast<int>(tail.size()) >= W ? W : static_cast<int>(tail.size()))
+      .store(lanes.data());
   CHECK(lanes[0] == T(2));
 }
 
@@ -434,9 +447,9 @@ TEMPLATE_TEST_CASE("batch: round_nearest (ties to even) and ldexp", "[core][simd
     f(B::broadcast(x)).store_partial(&r, 1);
     return r;
   };
-  const std::pair<T, T> rounds[] = {{T(0.5), T(0)},   {T(1.5), T(2)},   {T(2.5), T(2)},    {T(-0.5), T(-0)},
-                                    {T(-1.5), T(-2)}, {T(0.49), T(0)},  {T(-2.51), T(-3)}, {T(1e6 + 0.5), T(1e6)},
-                                    {T(7), T(7)},     {T(-126.4), T(-126)}};
+  const std::pair<T, T> rounds[] = {
+      {T(0.5), T(0)},  {T(1.5), T(2)},    {T(2.5), T(2)},         {T(-0.5), T(-0)}, {T(-1.5), T(-2)},
+      {T(0.49), T(0)}, {T(-2.51), T(-3)}, {T(1e6 + 0.5), T(1e6)}, {T(7), T(7)},     {T(-126.4), T(-126)}};
   for (auto [x, want] : rounds) {
     INFO("round_nearest(" << x << ")");
     CHECK(one(x, [](B v) { return round_nearest(v); }) == want);
@@ -448,5 +461,6 @@ TEMPLATE_TEST_CASE("batch: round_nearest (ties to even) and ldexp", "[core][simd
   // saturation: huge exponents give inf / 0, NaN exponent gives NaN
   CHECK(one(T(1), [](B v) { return ldexp(v, B::broadcast(T(5000))); }) == std::numeric_limits<T>::infinity());
   CHECK(one(T(1), [](B v) { return ldexp(v, B::broadcast(T(-5000))); }) == T(0));
-  CHECK(std::isnan(one(T(1), [](B v) { return ldexp(v, B::broadcast(std::numeric_limits<T>::quiet_NaN())); })));
+  CHECK(
+      std::isnan(one(T(1), [](B v) { return ldexp(v, B::broadcast(std::numeric_limits<T>::quiet_NaN())); })));
 }

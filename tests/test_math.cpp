@@ -34,10 +34,7 @@ constexpr bool kSanitized = false;
 constexpr bool kSanitized = false;
 #endif
 
-// scalar and native side by side (just scalar when native is scalar).
-using arch_list = std::conditional_t<std::is_same_v<attnkit::simd::native, attnkit::simd::scalar>,
-                                     std::tuple<attnkit::simd::scalar>,
-                                     std::tuple<attnkit::simd::scalar, attnkit::simd::native>>;
+using attnkit_test::arch_list;
 
 /// The functions under test: exp, exp2, and detail::exp2_nonpositive (the softmax kernels' 2^x
 /// for x <= 0).
@@ -45,9 +42,12 @@ enum fn : int { fn_exp = 0, fn_exp2 = 1, fn_exp2_np = 2 };
 
 template <int Fn, class B>
 B call(B x) {
-  if constexpr (Fn == fn_exp) return attnkit::exp(x);
-  else if constexpr (Fn == fn_exp2) return attnkit::exp2(x);
-  else return attnkit::detail::exp2_nonpositive(x);
+  if constexpr (Fn == fn_exp)
+    return attnkit::exp(x);
+  else if constexpr (Fn == fn_exp2)
+    return attnkit::exp2(x);
+  else
+    return attnkit::detail::exp2_nonpositive(x);
 }
 
 /// Applies function Fn to n contiguous values through batch<T, Arch>.
@@ -98,7 +98,8 @@ double float_sweep(float lo, float hi, std::uint32_t step, float* worst_x) {
     ys.resize(xs.size());
     apply<Arch, Fn>(xs.data(), ys.data(), static_cast<index_t>(xs.size()));
     for (std::size_t t = 0; t < xs.size(); ++t) {
-      const double want = Fn == fn_exp ? std::exp(static_cast<double>(xs[t])) : std::exp2(static_cast<double>(xs[t]));
+      const double want =
+          Fn == fn_exp ? std::exp(static_cast<double>(xs[t])) : std::exp2(static_cast<double>(xs[t]));
       const double err = float_ulp_error(ys[t], want);
       if (!(err <= worst)) {  // NaN counts as the worst
         worst = std::isnan(err) ? std::numeric_limits<double>::infinity() : err;
@@ -155,20 +156,22 @@ double double_sample(double lo, double hi, int n, std::uint64_t salt, double* wo
 
 TEMPLATE_LIST_TEST_CASE("exp and exp2 (float): max ULP error over a dense sweep", "[math][exp]", arch_list) {
   using Arch = TestType;
-  // Every 64th float bit pattern (~34 million arguments per function); sparser under sanitizers.
-  const std::uint32_t step = kSanitized ? 4096 : 64;
+  // Every 64th float bit pattern (~34 million arguments per function); every 512th for the scalar
+  // batch (the same algorithm, one lane at a time: 8x fewer keeps it as fast as the SIMD sweeps);
+  // sparser under sanitizers.
+  const std::uint32_t step = kSanitized ? 4096 : std::is_same_v<Arch, attnkit::simd::scalar> ? 512 : 64;
   float wx = 0;
   const double e = float_sweep<Arch, fn_exp>(-87.0f, 88.0f, step, &wx);
-  std::cout << "attnkit exp<float, " << Arch::name << "> max error on [-87, 88]: " << e << " ulp (at x = " << wx
-            << ", every " << step << "th float)\n";
+  std::cout << "attnkit exp<float, " << Arch::name << "> max error on [-87, 88]: " << e
+            << " ulp (at x = " << wx << ", every " << step << "th float)\n";
   {
     INFO("exp<float, " << Arch::name << ">: " << e << " ulp at x = " << wx);
     REQUIRE(e <= 3.0);
   }
   float wx2 = 0;
   const double e2 = float_sweep<Arch, fn_exp2>(-126.0f, 127.0f, step, &wx2);
-  std::cout << "attnkit exp2<float, " << Arch::name << "> max error on [-126, 127]: " << e2 << " ulp (at x = " << wx2
-            << ")\n";
+  std::cout << "attnkit exp2<float, " << Arch::name << "> max error on [-126, 127]: " << e2
+            << " ulp (at x = " << wx2 << ")\n";
   {
     INFO("exp2<float, " << Arch::name << ">: " << e2 << " ulp at x = " << wx2);
     REQUIRE(e2 <= 3.0);
@@ -186,24 +189,24 @@ TEMPLATE_LIST_TEST_CASE("exp and exp2 (double): max ULP error on random samples"
   const int n = kSanitized ? 100000 : 1000000;
   double wx = 0;
   const double e = double_sample<Arch, fn_exp>(-700, 700, n, 11, &wx);
-  std::cout << "attnkit exp<double, " << Arch::name << "> max error on [-700, 700]: " << e << " ulp (at x = " << wx
-            << ", " << n << " samples)\n";
+  std::cout << "attnkit exp<double, " << Arch::name << "> max error on [-700, 700]: " << e
+            << " ulp (at x = " << wx << ", " << n << " samples)\n";
   {
     INFO("exp<double, " << Arch::name << ">: " << e << " ulp at x = " << wx);
     REQUIRE(e <= 3.0);
   }
   double wx2 = 0;
   const double e2 = double_sample<Arch, fn_exp2>(-1000, 1000, n, 12, &wx2);
-  std::cout << "attnkit exp2<double, " << Arch::name << "> max error on [-1000, 1000]: " << e2 << " ulp (at x = "
-            << wx2 << ")\n";
+  std::cout << "attnkit exp2<double, " << Arch::name << "> max error on [-1000, 1000]: " << e2
+            << " ulp (at x = " << wx2 << ")\n";
   {
     INFO("exp2<double, " << Arch::name << ">: " << e2 << " ulp at x = " << wx2);
     REQUIRE(e2 <= 3.0);
   }
   double wx3 = 0;
   const double e3 = double_sample<Arch, fn_exp2_np>(-1000, 0, n, 13, &wx3);
-  std::cout << "attnkit detail::exp2_nonpositive<double, " << Arch::name << "> max error on [-1000, 0]: " << e3
-            << " ulp (at x = " << wx3 << ")\n";
+  std::cout << "attnkit detail::exp2_nonpositive<double, " << Arch::name
+            << "> max error on [-1000, 0]: " << e3 << " ulp (at x = " << wx3 << ")\n";
   INFO("exp2_nonpositive<double, " << Arch::name << ">: " << e3 << " ulp at x = " << wx3);
   REQUIRE(e3 <= 3.0);
 }
@@ -299,7 +302,8 @@ TEMPLATE_LIST_TEST_CASE("exp and exp2: special values and range ends", "[math][e
     CHECK(f(-200.0f) == 0.0f);
     CHECK(std::isnan(f(std::numeric_limits<float>::quiet_NaN())));
     CHECK(d(0.0) == 1.0);
-    INFO("exp2_nonpositive<double>(-inf) = " << d(-dinf) << ", (-200) = " << d(-200.0) << " (want " << std::exp2(-200.0) << ")");
+    INFO("exp2_nonpositive<double>(-inf) = " << d(-dinf) << ", (-200) = " << d(-200.0) << " (want "
+                                             << std::exp2(-200.0) << ")");
     CHECK(d(-dinf) == 0.0);
     CHECK(d(-200.0) == std::exp2(-200.0));
     CHECK(std::isnan(d(std::numeric_limits<double>::quiet_NaN())));
@@ -318,7 +322,8 @@ TEMPLATE_LIST_TEST_CASE("exp and exp2: special values and range ends", "[math][e
     using B = attnkit::simd::batch<float, Arch>;
     constexpr int W = B::size;
     std::vector<float> x(static_cast<std::size_t>(W)), y(static_cast<std::size_t>(W));
-    const float specials[] = {0.0f, -finf, finf, std::numeric_limits<float>::quiet_NaN(), 1.5f, -3.25f, 100.0f, -200.0f};
+    const float specials[] = {0.0f, -finf,  finf,   std::numeric_limits<float>::quiet_NaN(),
+                              1.5f, -3.25f, 100.0f, -200.0f};
     for (int s = 0; s < 8; ++s) {
       for (int l = 0; l < W; ++l) x[static_cast<std::size_t>(l)] = specials[(s + l) % 8];
       attnkit::exp(B::load(x.data())).store(y.data());
@@ -369,7 +374,8 @@ TEMPLATE_LIST_TEST_CASE("dot and axpy agree with fp64 sums", "[math][dot]", arch
     attnkit::axpy<Arch>(n, alpha, a.data() + 1, y.data() + 1);
     index_t bad = 0;
     for (index_t i = 0; i <= n; ++i) {
-      const double w = i == 0 ? double(y0[0]) : double(alpha) * a[std::size_t(i)] + double(y0[std::size_t(i)]);
+      const double w =
+          i == 0 ? double(y0[0]) : double(alpha) * a[std::size_t(i)] + double(y0[std::size_t(i)]);
       // one fma: correctly rounded; element 0 is outside the range and must be untouched
       if (i == 0 ? y[0] != y0[0] : std::fabs(y[std::size_t(i)] - w) > 0x1p-24 * std::fabs(w) * 2) ++bad;
     }
@@ -387,7 +393,8 @@ TEMPLATE_LIST_TEST_CASE("softmax_inplace and log_sum_exp agree with fp64", "[mat
     const T ninf = -std::numeric_limits<T>::infinity();
     for (index_t n : {0, 1, 2, 3, 7, 15, 16, 17, 31, 33, 100, 1001})
       for (int kind = 0; kind < 4; ++kind) {
-        INFO("n = " << n << " kind = " << kind << " arch " << Arch::name << " T = " << (sizeof(T) == 4 ? "float" : "double"));
+        INFO("n = " << n << " kind = " << kind << " arch " << Arch::name
+                    << " T = " << (sizeof(T) == 4 ? "float" : "double"));
         std::vector<T> x(static_cast<std::size_t>(n) + 1);
         for (T& e : x) e = static_cast<T>(dist(gen));
         if (kind == 1)  // some keys masked with -inf
@@ -407,7 +414,8 @@ TEMPLATE_LIST_TEST_CASE("softmax_inplace and log_sum_exp agree with fp64", "[mat
           p[std::size_t(i)] = std::isinf(m) ? 0.0 : std::exp(double(x[std::size_t(i)]) - m);
           s += p[std::size_t(i)];
         }
-        const double lse = n == 0 || std::isinf(m) ? -std::numeric_limits<double>::infinity() : m + std::log(s);
+        const double lse =
+            n == 0 || std::isinf(m) ? -std::numeric_limits<double>::infinity() : m + std::log(s);
         const T got_lse = attnkit::log_sum_exp<Arch>(x.data(), n);
         // error: rounding of each exp (3 ulp) and of the n-term sum (n u) relative to s, i.e. absolute
         // in log space, plus the final addition m + log(s) (|lse| u).
@@ -437,7 +445,8 @@ TEMPLATE_LIST_TEST_CASE("softmax_inplace and log_sum_exp agree with fp64", "[mat
         }
         INFO("worst abs error " << worst);
         CHECK(bad == 0);
-        CHECK(std::memcmp(&guard, &x[static_cast<std::size_t>(n)], sizeof(T)) == 0);  // nothing past n written
+        CHECK(std::memcmp(&guard, &x[static_cast<std::size_t>(n)], sizeof(T)) ==
+              0);  // nothing past n written
       }
   };
   check_type(float{});

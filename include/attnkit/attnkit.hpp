@@ -1,13 +1,13 @@
 // attnkit: umbrella header (public headers only).
 #pragma once
 
-#include "core/config.hpp"
-#include "core/tensor.hpp"
-#include "core/simd.hpp"
-#include "core/math.hpp"
-#include "core/softmax.hpp"
-#include "core/mask.hpp"
-#include "core/parallel.hpp"
 #include "core/check.hpp"
+#include "core/config.hpp"
+#include "core/mask.hpp"
+#include "core/math.hpp"
+#include "core/parallel.hpp"
+#include "core/simd.hpp"
+#include "core/softmax.hpp"
+#include "core/tensor.hpp"
 #include "full/attention.hpp"
 #include "full/reference.hpp"

@@ -23,9 +23,12 @@ inline bool visible(const attnkit::mask& m, index_t b, index_t i, index_t j, ind
   const index_t len = m.key_lengths.data() ? static_cast<index_t>(m.key_lengths(b)) : lk;
   if (j < 0 || j >= len) return false;
   switch (m.causal) {
-    case attnkit::causal_mode::none: return true;
-    case attnkit::causal_mode::top_left: return j <= i;
-    case attnkit::causal_mode::bottom_right: return j <= i + (lk - lq);
+    case attnkit::causal_mode::none:
+      return true;
+    case attnkit::causal_mode::top_left:
+      return j <= i;
+    case attnkit::causal_mode::bottom_right:
+      return j <= i + (lk - lq);
   }
   return false;
 }
@@ -45,7 +48,7 @@ inline double resolve_scale(double scale, index_t dk) {
 
 /// Extra facts about one reference row, for tolerance budgets.
 struct row_info {
-  index_t visible = 0;      ///< number of visible keys
+  index_t visible = 0;       ///< number of visible keys
   double max_abs_logit = 0;  ///< max over visible keys of |scale q.k + bias|
 };
 
@@ -69,8 +72,8 @@ attnkit::tensor<double, 4> attention(const view<const T, 4>& q, const view<const
   attnkit::tensor<double, 4> out({B, H, Lq, dv});
   if (info) info->assign(static_cast<std::size_t>(B * H * Lq), row_info{});
   // K and V of one (b, kv head) and one query row, widened to double and packed contiguously.
-  std::vector<double> K(static_cast<std::size_t>(Lk * dk)), V(static_cast<std::size_t>(Lk * dv)), qi(static_cast<std::size_t>(dk)),
-      acc(static_cast<std::size_t>(dv));
+  std::vector<double> K(static_cast<std::size_t>(Lk * dk)), V(static_cast<std::size_t>(Lk * dv)),
+      qi(static_cast<std::size_t>(dk)), acc(static_cast<std::size_t>(dv));
   std::vector<index_t> keys;
   std::vector<double> s;
   for (index_t b = 0; b < B; ++b)
@@ -85,7 +88,8 @@ attnkit::tensor<double, 4> attention(const view<const T, 4>& q, const view<const
       }
       for (index_t h = hk * group; h < (hk + 1) * group; ++h)
         for (index_t i = 0; i < Lq; ++i) {
-          for (index_t p = 0; p < dk; ++p) qi[static_cast<std::size_t>(p)] = static_cast<double>(at(q, {b, h, i, p}));
+          for (index_t p = 0; p < dk; ++p)
+            qi[static_cast<std::size_t>(p)] = static_cast<double>(at(q, {b, h, i, p}));
           keys.clear();
           s.clear();
           for (index_t j = 0; j < Lk; ++j) {
@@ -115,7 +119,8 @@ attnkit::tensor<double, 4> attention(const view<const T, 4>& q, const view<const
             }
             for (double& a : acc) a /= sum;
           }
-          for (index_t e = 0; e < dv; ++e) out.data()[((b * H + h) * Lq + i) * dv + e] = acc[static_cast<std::size_t>(e)];
+          for (index_t e = 0; e < dv; ++e)
+            out.data()[((b * H + h) * Lq + i) * dv + e] = acc[static_cast<std::size_t>(e)];
           if (info) (*info)[static_cast<std::size_t>((b * H + h) * Lq + i)] = ri;
         }
     }

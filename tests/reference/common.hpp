@@ -11,14 +11,35 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
+#include <attnkit/core/simd/arch.hpp>
 #include <attnkit/core/tensor.hpp>
 
 namespace attnkit_test {
+
+/// Every SIMD architecture this build can run: scalar, then avx2 and avx512 as the compiler flags
+/// enable them (an AVX-512 build also tests the AVX2 kernels).
+using arch_list = decltype(std::tuple_cat(
+    std::tuple<attnkit::simd::scalar>{},
+    std::conditional_t<ATTNKIT_HAS_AVX2, std::tuple<attnkit::simd::avx2>, std::tuple<>>{},
+    std::conditional_t<ATTNKIT_HAS_AVX512, std::tuple<attnkit::simd::avx512>, std::tuple<>>{}));
+
+/// Calls f(Arch{}) for every architecture of arch_list.
+template <class F>
+void for_each_arch(F&& f) {
+  std::apply([&](auto... arch) { (f(arch), ...); }, arch_list{});
+}
+
+// Bitwise equality of two equally long arrays; empty arrays (possibly null data) compare equal.
+template <class T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
 
 using attnkit::index_t;
 template <class T, std::size_t R>
@@ -37,7 +58,9 @@ struct test_rng {
     return z ^ (z >> 31);
   }
   /// Uniform double in [lo, hi).
-  double uniform(double lo, double hi) { return lo + (hi - lo) * static_cast<double>((*this)() >> 11) * 0x1p-53; }
+  double uniform(double lo, double hi) {
+    return lo + (hi - lo) * static_cast<double>((*this)() >> 11) * 0x1p-53;
+  }
 };
 
 /// Returns a generator seeded from Catch's --rng-seed and a salt that tells the uses apart.
@@ -173,14 +196,22 @@ enum class layout {
 
 inline const char* layout_name(layout l) {
   switch (l) {
-    case layout::contiguous: return "contiguous";
-    case layout::padded: return "padded";
-    case layout::bshd: return "bshd";
-    case layout::bshd_padded: return "bshd_padded";
-    case layout::dim_major: return "dim_major";
-    case layout::gapped: return "gapped";
-    case layout::reversed: return "reversed";
-    case layout::broadcast_b: return "broadcast_b";
+    case layout::contiguous:
+      return "contiguous";
+    case layout::padded:
+      return "padded";
+    case layout::bshd:
+      return "bshd";
+    case layout::bshd_padded:
+      return "bshd_padded";
+    case layout::dim_major:
+      return "dim_major";
+    case layout::gapped:
+      return "gapped";
+    case layout::reversed:
+      return "reversed";
+    case layout::broadcast_b:
+      return "broadcast_b";
   }
   return "?";
 }
@@ -190,7 +221,8 @@ inline const char* layout_name(layout l) {
 template <class T>
 struct strided_buffer {
   strided_buffer() = default;
-  strided_buffer(strided_buffer&&) noexcept = default;  // the view stays valid: vector moves keep the heap block
+  strided_buffer(strided_buffer&&) noexcept =
+      default;  // the view stays valid: vector moves keep the heap block
   strided_buffer& operator=(strided_buffer&&) noexcept = default;
   strided_buffer(const strided_buffer&) = delete;
   strided_buffer& operator=(const strided_buffer&) = delete;
@@ -222,14 +254,33 @@ strided_buffer<T> make_buffer(const std::array<index_t, 4>& ext, layout lay, T f
   std::array<index_t, 3> pad{0, 0, 0};   // extra elements after each level (outer, mid, inner)
   index_t inner = 1, lead = 0;
   switch (lay) {
-    case layout::contiguous: break;
-    case layout::padded: pad = {5, 3, 2}; lead = 1; break;
-    case layout::bshd: order = {0, 2, 1, 3}; break;
-    case layout::bshd_padded: order = {0, 2, 1, 3}; pad = {3, 7, 0}; lead = 3; break;
-    case layout::dim_major: order = {0, 1, 3, 2}; pad = {0, 0, 1}; break;
-    case layout::gapped: inner = 2; lead = 1; break;
-    case layout::reversed: pad = {0, 0, 1}; break;
-    case layout::broadcast_b: break;
+    case layout::contiguous:
+      break;
+    case layout::padded:
+      pad = {5, 3, 2};
+      lead = 1;
+      break;
+    case layout::bshd:
+      order = {0, 2, 1, 3};
+      break;
+    case layout::bshd_padded:
+      order = {0, 2, 1, 3};
+      pad = {3, 7, 0};
+      lead = 3;
+      break;
+    case layout::dim_major:
+      order = {0, 1, 3, 2};
+      pad = {0, 0, 1};
+      break;
+    case layout::gapped:
+      inner = 2;
+      lead = 1;
+      break;
+    case layout::reversed:
+      pad = {0, 0, 1};
+      break;
+    case layout::broadcast_b:
+      break;
   }
   std::array<index_t, 4> st{};
   st[static_cast<std::size_t>(order[3])] = inner;

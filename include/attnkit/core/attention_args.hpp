@@ -39,20 +39,20 @@ attention_shape check_attention_views(const char* where, const tensor_view<TQ, 4
   s.dv = v.extent(3);
   for (std::size_t d = 0; d < 4; ++d) {
     require(q.extent(d) >= 0 && k.extent(d) >= 0 && v.extent(d) >= 0 && out.extent(d) >= 0, where,
-            "negative extent: q " + shape_string(q.extents()) + ", k " + shape_string(k.extents()) +
-                ", v " + shape_string(v.extents()) + ", out " + shape_string(out.extents()));
+            "negative extent: q " + shape_string(q.extents()) + ", k " + shape_string(k.extents()) + ", v " +
+                shape_string(v.extents()) + ", out " + shape_string(out.extents()));
   }
   const std::string got_k = shape_string(k.extents());
   require(k.extent(0) == s.B && k.extent(3) == s.dk, where,
-          "k has shape " + got_k + ", expected [B=" + std::to_string(s.B) + ", Hkv, Lk, dk=" +
-              std::to_string(s.dk) + "] for q " + shape_string(q.extents()));
+          "k has shape " + got_k + ", expected [B=" + std::to_string(s.B) +
+              ", Hkv, Lk, dk=" + std::to_string(s.dk) + "] for q " + shape_string(q.extents()));
   const std::array<index_t, 4> want_v{s.B, s.Hkv, s.Lk, s.dv};
   require(v.extent(0) == s.B && v.extent(1) == s.Hkv && v.extent(2) == s.Lk, where,
           "v has shape " + shape_string(v.extents()) + ", expected " + shape_string(want_v) +
               " (batch, kv heads and keys of k " + got_k + ")");
   require(s.Hkv > 0 ? s.H % s.Hkv == 0 : s.H == 0, where,
-          "q has H=" + std::to_string(s.H) + " heads, not a multiple of the Hkv=" +
-              std::to_string(s.Hkv) + " heads of k and v");
+          "q has H=" + std::to_string(s.H) + " heads, not a multiple of the Hkv=" + std::to_string(s.Hkv) +
+              " heads of k and v");
   const std::array<index_t, 4> want_o{s.B, s.H, s.Lq, s.dv};
   require(out.extents() == want_o, where,
           "out has shape " + shape_string(out.extents()) + ", expected " + shape_string(want_o));

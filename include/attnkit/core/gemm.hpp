@@ -10,7 +10,7 @@
 // more than the product; see bench/bench_attention.cpp for the measured comparison (reference).
 #pragma once
 
-#include <Eigen/Core>
+#include <type_traits>
 
 #include "config.hpp"
 #include "simd.hpp"
@@ -54,9 +54,12 @@ ATTNKIT_ALWAYS_INLINE void micro_kernel(index_t kc, const typename B::value_type
   for (int r = 0; r < MR; ++r) ar[r] = a + r * a_rs;
   // The broadcast operand A(r, p) in the addressing the layout allows the compiler to use best.
   auto a_at = [&](int r, index_t p) -> T {
-    if constexpr (L == a_layout::unit_col) return ar[r][p];
-    else if constexpr (L == a_layout::unit_row) return a[p * a_cs + r];
-    else return ar[r][p * a_cs];
+    if constexpr (L == a_layout::unit_col)
+      return ar[r][p];
+    else if constexpr (L == a_layout::unit_row)
+      return a[p * a_cs + r];
+    else
+      return ar[r][p * a_cs];
   };
 #pragma GCC unroll 4
   for (index_t p = 0; p < kc; ++p) {
@@ -102,7 +105,9 @@ ATTNKIT_ALWAYS_INLINE void micro_kernel(index_t kc, const typename B::value_type
     for (int v = 0; v < NV; ++v) acc[r][v].store(c + r * ldc + v * W);
 }
 
-/// The same over `rows` rows (any count): full MR tiles, then one smaller tile for the remainder.
+/// The same over `rows` rows (any count): full MR tiles, then the remainder (< MR rows) as tiles of
+/// 4, 2 and 1 rows. Power-of-two remainder tiles keep the accumulators in registers with at most
+/// three extra instantiations per kernel (one per remainder size would need MR - 1).
 template <class B, int MR, int NV, bool Accumulate, bool Masked, a_layout L>
 inline void block_product_impl(index_t rows, index_t kc, const typename B::value_type* a, index_t a_rs,
                                index_t a_cs, const typename B::value_type* bp, index_t ldb,
@@ -110,61 +115,40 @@ inline void block_product_impl(index_t rows, index_t kc, const typename B::value
                                const tile_args<typename B::value_type>& args) {
   index_t r0 = 0;
   for (; r0 + MR <= rows; r0 += MR)
-    micro_kernel<B, MR, NV, Accumulate, Masked, L>(kc, a + r0 * a_rs, a_rs, a_cs, bp, ldb, c + r0 * ldc,
-                                                   ldc, args);
-  const index_t rest = rows - r0;
-  if (rest == 0) return;
-  a += r0 * a_rs;
-  c += r0 * ldc;
-  // One instantiation per remainder size keeps the accumulators in registers.
-  if constexpr (MR > 1) {
-    switch (rest) {
-#define ATTNKIT_REST_CASE(n)                                                                          \
-  case n:                                                                                           \
-    if constexpr (n < MR)                                                                           \
-      micro_kernel<B, n, NV, Accumulate, Masked, L>(kc, a, a_rs, a_cs, bp, ldb, c, ldc, args);      \
-    break;
-      ATTNKIT_REST_CASE(1)
-      ATTNKIT_REST_CASE(2)
-      ATTNKIT_REST_CASE(3)
-      ATTNKIT_REST_CASE(4)
-      ATTNKIT_REST_CASE(5)
-      ATTNKIT_REST_CASE(6)
-      ATTNKIT_REST_CASE(7)
-      ATTNKIT_REST_CASE(8)
-      ATTNKIT_REST_CASE(9)
-      ATTNKIT_REST_CASE(10)
-      ATTNKIT_REST_CASE(11)
-#undef ATTNKIT_REST_CASE
-      default:
-        break;
+    micro_kernel<B, MR, NV, Accumulate, Masked, L>(kc, a + r0 * a_rs, a_rs, a_cs, bp, ldb, c + r0 * ldc, ldc,
+                                                   args);
+  auto tail = [&](auto n) {
+    constexpr int N = decltype(n)::value;
+    if constexpr (N < MR) {
+      if (rows - r0 >= N) {
+        micro_kernel<B, N, NV, Accumulate, Masked, L>(kc, a + r0 * a_rs, a_rs, a_cs, bp, ldb, c + r0 * ldc,
+                                                      ldc, args);
+        r0 += N;
+      }
     }
-  }
+  };
+  static_assert(MR <= 8, "block_product: remainder tiles cover MR <= 8");
+  tail(std::integral_constant<int, 4>{});
+  tail(std::integral_constant<int, 2>{});
+  tail(std::integral_constant<int, 1>{});
 }
 
 /// C (rows x NV*W, row stride ldc) = epilogue(A * Bp) with A(r, p) = a[r*a_rs + p*a_cs] for any
 /// strides, Bp (kc x NV*W) packed with row stride ldb. See tile_args for the epilogue and masking.
-template <class B, int MR, int NV, bool Accumulate, bool Masked>
+/// A is addressed with the specialized layout Fast when its strides allow it, else generally (two
+/// instantiations per call site, not three: each call site has one layout its callers normally use).
+template <class B, int MR, int NV, bool Accumulate, bool Masked, a_layout Fast>
 inline void block_product(index_t rows, index_t kc, const typename B::value_type* a, index_t a_rs,
                           index_t a_cs, const typename B::value_type* bp, index_t ldb,
                           typename B::value_type* c, index_t ldc,
                           const tile_args<typename B::value_type>& args) {
-  if (a_cs == 1)
-    block_product_impl<B, MR, NV, Accumulate, Masked, a_layout::unit_col>(rows, kc, a, a_rs, a_cs, bp, ldb, c, ldc, args);
-  else if (a_rs == 1)
-    block_product_impl<B, MR, NV, Accumulate, Masked, a_layout::unit_row>(rows, kc, a, a_rs, a_cs, bp, ldb, c, ldc, args);
+  static_assert(Fast != a_layout::general, "block_product: Fast names a specialized layout");
+  const bool fast = Fast == a_layout::unit_col ? a_cs == 1 : a_rs == 1;
+  if (fast)
+    block_product_impl<B, MR, NV, Accumulate, Masked, Fast>(rows, kc, a, a_rs, a_cs, bp, ldb, c, ldc, args);
   else
-    block_product_impl<B, MR, NV, Accumulate, Masked, a_layout::general>(rows, kc, a, a_rs, a_cs, bp, ldb, c, ldc, args);
-}
-
-/// A rank-2 view as an Eigen map (for block math on strided memory).
-template <class T>
-auto as_eigen(const tensor_view<T, 2>& x) {
-  using M = std::conditional_t<std::is_const_v<T>,
-                               const Eigen::Matrix<std::remove_const_t<T>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>,
-                               Eigen::Matrix<std::remove_const_t<T>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
-  using S = Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>;
-  return Eigen::Map<M, Eigen::Unaligned, S>(x.data(), x.extent(0), x.extent(1), S(x.stride(0), x.stride(1)));
+    block_product_impl<B, MR, NV, Accumulate, Masked, a_layout::general>(rows, kc, a, a_rs, a_cs, bp, ldb, c,
+                                                                         ldc, args);
 }
 
 }  // namespace detail

@@ -29,8 +29,8 @@ namespace detail {
 /// Answers "which keys does query i see" for one batch entry. Every mask of the model leaves each
 /// query a prefix [0, key_end(i)) of the keys, so operators can iterate ranges, not test pairs.
 struct visibility {
-  index_t lk = 0;        // keys that exist after key_lengths
-  index_t offset = 0;    // causal: query i sees j <= i + offset
+  index_t lk = 0;      // keys that exist after key_lengths
+  index_t offset = 0;  // causal: query i sees j <= i + offset
   bool causal = false;
 
   /// One past the last key query i sees (0 when it sees none).

@@ -11,10 +11,10 @@
 
 #include <array>
 #include <cmath>
-#include <tuple>
-#include <type_traits>
 #include <cstddef>
 #include <limits>
+#include <tuple>
+#include <type_traits>
 
 #include "config.hpp"
 #include "simd.hpp"
@@ -60,8 +60,7 @@ struct taylor_table {
 template <class T>
 inline constexpr taylor_table<T, exp_constants<T>::degree> exp_taylor{1.0L};
 template <class T>
-inline constexpr taylor_table<T, exp_constants<T>::degree> exp2_taylor{
-    0.693147180559945309417232121458L};
+inline constexpr taylor_table<T, exp_constants<T>::degree> exp2_taylor{0.693147180559945309417232121458L};
 
 /// Horner evaluation of the polynomial with coefficients `t` at r.
 template <class B, class Table>

@@ -23,7 +23,9 @@ T log_sum_exp(const T* x, index_t n) {
   B acc = B::zero();
   index_t i = 0;
   for (; i + W <= n; i += W) acc = acc + exp(B::load(x + i) - mb);
-  if (i < n) acc = acc + select(B::iota() < B::broadcast(T(n - i)), exp(B::load_partial(x + i, int(n - i)) - mb), B::zero());
+  if (i < n)
+    acc = acc +
+          select(B::iota() < B::broadcast(T(n - i)), exp(B::load_partial(x + i, int(n - i)) - mb), B::zero());
   return m + std::log(reduce_add(acc));
 }
 
@@ -64,9 +66,7 @@ struct online_softmax_state {
   T l = T(0);
 
   /// The shift to subtract from scores so that exponentials stay finite (0 while nothing is seen).
-  static T shift(T max_value) {
-    return max_value == -std::numeric_limits<T>::infinity() ? T(0) : max_value;
-  }
+  static T shift(T max_value) { return max_value == -std::numeric_limits<T>::infinity() ? T(0) : max_value; }
 };
 
 /// Vector form of online_softmax_state for one column batch of queries.

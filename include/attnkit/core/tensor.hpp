@@ -144,9 +144,7 @@ class tensor {
   index_t size() const { return size_; }
 
   tensor_view<T, Rank> view() { return tensor_view<T, Rank>::contiguous(data(), extents_); }
-  tensor_view<const T, Rank> view() const {
-    return tensor_view<const T, Rank>::contiguous(data(), extents_);
-  }
+  tensor_view<const T, Rank> view() const { return tensor_view<const T, Rank>::contiguous(data(), extents_); }
   tensor_view<const T, Rank> cview() const { return view(); }
 
   template <class... I>

@@ -37,9 +37,7 @@ struct batch<float, avx2> {
   static batch load_partial(const float* p, int n) {
     return {_mm256_maskload_ps(p, detail_avx2::tail_mask32(n))};
   }
-  void store_partial(float* p, int n) const {
-    _mm256_maskstore_ps(p, detail_avx2::tail_mask32(n), v);
-  }
+  void store_partial(float* p, int n) const { _mm256_maskstore_ps(p, detail_avx2::tail_mask32(n), v); }
 
   friend batch operator+(batch a, batch b) { return {_mm256_add_ps(a.v, b.v)}; }
   friend batch operator-(batch a, batch b) { return {_mm256_sub_ps(a.v, b.v)}; }
@@ -99,9 +97,7 @@ struct batch<double, avx2> {
   static batch load_partial(const double* p, int n) {
     return {_mm256_maskload_pd(p, detail_avx2::tail_mask64(n))};
   }
-  void store_partial(double* p, int n) const {
-    _mm256_maskstore_pd(p, detail_avx2::tail_mask64(n), v);
-  }
+  void store_partial(double* p, int n) const { _mm256_maskstore_pd(p, detail_avx2::tail_mask64(n), v); }
 
   friend batch operator+(batch a, batch b) { return {_mm256_add_pd(a.v, b.v)}; }
   friend batch operator-(batch a, batch b) { return {_mm256_sub_pd(a.v, b.v)}; }

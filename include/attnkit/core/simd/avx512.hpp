@@ -19,9 +19,7 @@ struct batch<float, avx512> {
   static batch load(const float* p) { return {_mm512_loadu_ps(p)}; }
   static batch broadcast(float x) { return {_mm512_set1_ps(x)}; }
   static batch zero() { return {_mm512_setzero_ps()}; }
-  static batch iota() {
-    return {_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)};
-  }
+  static batch iota() { return {_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)}; }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   static batch load_partial(const float* p, int n) {
     return {_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p)};

@@ -103,7 +103,8 @@ void decode_attention(const attention_shape& s, const tensor_view<const T, 4>& q
     for (index_t r = 0; r < rows; ++r) {
       const index_t i = r / G, h = hkv * G + r % G;
       T m = -std::numeric_limits<T>::infinity();
-      for (index_t c = 0; c < nchunk; ++c) m = std::max(m, part.data()[((bh * nchunk + c) * rows + r) * stride_part]);
+      for (index_t c = 0; c < nchunk; ++c)
+        m = std::max(m, part.data()[((bh * nchunk + c) * rows + r) * stride_part]);
       const T sh = online_softmax_state<T>::shift(m);
       T l = T(0);
       T* o0 = part.data() + ((bh * nchunk + 0) * rows + r) * stride_part + 2;

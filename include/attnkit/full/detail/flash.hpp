@@ -52,15 +52,23 @@ struct flash_workspace {
   tensor<T, 1> qt, st, ot, m, l, alpha, kend, mnew;
   std::vector<index_t> col_head, col_query;
   flash_workspace(index_t dk, index_t dv, index_t br, index_t bc)
-      : qt({dk * br}), st({bc * br}), ot({dv * br}), m({br}), l({br}), alpha({br}), kend({br}), mnew({br}),
-        col_head(static_cast<std::size_t>(br)), col_query(static_cast<std::size_t>(br)) {}
+      : qt({dk * br}),
+        st({bc * br}),
+        ot({dv * br}),
+        m({br}),
+        l({br}),
+        alpha({br}),
+        kend({br}),
+        mnew({br}),
+        col_head(static_cast<std::size_t>(br)),
+        col_query(static_cast<std::size_t>(br)) {}
 };
 
 template <class Arch, class T>
-void flash_task(const attention_shape& s, const tensor_view<const T, 4>& q,
-                const tensor_view<const T, 4>& k, const tensor_view<const T, 4>& v,
-                const tensor_view<T, 4>& out, const tensor_view<const float, 4>& bias, const mask& msk,
-                T qscale, index_t b, index_t hkv, index_t col0, flash_workspace<T>& ws) {
+void flash_task(const attention_shape& s, const tensor_view<const T, 4>& q, const tensor_view<const T, 4>& k,
+                const tensor_view<const T, 4>& v, const tensor_view<T, 4>& out,
+                const tensor_view<const float, 4>& bias, const mask& msk, T qscale, index_t b, index_t hkv,
+                index_t col0, flash_workspace<T>& ws) {
   using B = simd::batch<T, Arch>;
   using tiling = flash_tiling<T, Arch>;
   constexpr int W = B::size;
@@ -117,7 +125,8 @@ void flash_task(const attention_shape& s, const tensor_view<const T, 4>& q,
     tile_args<T> g1;
     if (fused_max) g1.col_max = mnew;
     // S^T = K_blk * Q^T
-    block_product<B, MR, NV, false, false>(nk, s.dk, kb + j0 * sk_j, sk_j, sk_d, qt, Br, st, Br, g1);
+    block_product<B, MR, NV, false, false, a_layout::unit_col>(nk, s.dk, kb + j0 * sk_j, sk_j, sk_d, qt, Br,
+                                                               st, Br, g1);
     if (bias) {
       for (index_t jj = 0; jj < nk; ++jj)
         for (index_t c = 0; c < ncols; ++c)
@@ -178,9 +187,11 @@ void flash_task(const attention_shape& s, const tensor_view<const T, 4>& q,
     if (masked) {
       args.col_limit = kend;
       args.row_base = static_cast<T>(j0);
-      block_product<B, MR, NV, true, true>(s.dv, nk, vb + j0 * sv_j, sv_d, sv_j, st, Br, ot, Br, args);
+      block_product<B, MR, NV, true, true, a_layout::unit_row>(s.dv, nk, vb + j0 * sv_j, sv_d, sv_j, st, Br,
+                                                               ot, Br, args);
     } else {
-      block_product<B, MR, NV, true, false>(s.dv, nk, vb + j0 * sv_j, sv_d, sv_j, st, Br, ot, Br, args);
+      block_product<B, MR, NV, true, false, a_layout::unit_row>(s.dv, nk, vb + j0 * sv_j, sv_d, sv_j, st, Br,
+                                                                ot, Br, args);
     }
   }
   // out = O / l; a column that saw no key gets zeros.

@@ -1,0 +1,29 @@
+// attnkit tests: explicit instantiations of the kernels under test.
+//
+// Each optimized kernel instantiation takes ~20 s to compile. The test sources declare them
+// `extern` (include this header), and CMake generates one translation unit per (arch, type) that
+// defines ATTNKIT_TEST_INSTANTIATE_ARCH / _TYPE before including it, so the build spreads the
+// kernels over all cores instead of compiling them one after the other inside test_attention.cpp.
+#pragma once
+
+#include <attnkit/full/attention.hpp>
+
+#define ATTNKIT_TEST_KERNELS(EXTERN, ARCH, T)                                                               \
+  EXTERN template void attnkit::full_attention<attnkit::simd::ARCH, T>(                                     \
+      attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
+      attnkit::tensor_view<T, 4>, const attnkit::attention_options&);
+
+#if defined(ATTNKIT_TEST_INSTANTIATE_ARCH)
+ATTNKIT_TEST_KERNELS(, ATTNKIT_TEST_INSTANTIATE_ARCH, ATTNKIT_TEST_INSTANTIATE_TYPE)
+#else
+ATTNKIT_TEST_KERNELS(extern, scalar, float)
+ATTNKIT_TEST_KERNELS(extern, scalar, double)
+#if ATTNKIT_HAS_AVX2
+ATTNKIT_TEST_KERNELS(extern, avx2, float)
+ATTNKIT_TEST_KERNELS(extern, avx2, double)
+#endif
+#if ATTNKIT_HAS_AVX512
+ATTNKIT_TEST_KERNELS(extern, avx512, float)
+ATTNKIT_TEST_KERNELS(extern, avx512, double)
+#endif
+#endif
