@@ -78,13 +78,14 @@ build_and_test() {
 }
 
 # sanitized_build_and_test SIMD: ASan + UBSan build (the variables also reach the POST_BUILD
-# test listing). Debug keeps the view bounds asserts, -O1 keeps the sanitized tests fast; the header
+# test listing). Debug keeps the view bounds asserts; the tests are compiled at -O0 (fast to build
+# with instrumentation), the kernels at -O1 (tests/CMakeLists.txt); -g1 keeps line numbers; the header
 # check adds nothing under sanitizers (the other builds compile it). Tests tagged [slow] (long
 # numeric sweeps) run in the other builds only.
 sanitized_build_and_test() {
   export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
   build_and_test asan -DATTNKIT_SIMD="$1" -DATTNKIT_CXX_STANDARD=17 -DATTNKIT_SANITIZE=ON \
-    -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-g -O1" -DATTNKIT_HEADER_CHECK=OFF \
+    -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-g1 -O0" -DATTNKIT_HEADER_CHECK=OFF \
     -DATTNKIT_BUILD_BENCHMARKS=OFF -DATTNKIT_BUILD_EXAMPLES=OFF "-DATTNKIT_TEST_SPEC=~[slow]"
 }
 

@@ -33,8 +33,15 @@ struct batch<T, scalar> {
   friend batch operator+(batch a, batch b) { return {a.v + b.v}; }
   friend batch operator-(batch a, batch b) { return {a.v - b.v}; }
   friend batch operator*(batch a, batch b) { return {a.v * b.v}; }
-  /// a * b + c, fused.
-  friend batch fma(batch a, batch b, batch c) { return {std::fma(a.v, b.v, c.v)}; }
+  /// a * b + c: fused when the target has FMA instructions; without them std::fma is a software
+  /// emulation dozens of times slower than the kernels can afford, so the product is rounded first.
+  friend batch fma(batch a, batch b, batch c) {
+#if defined(__FMA__)
+    return {std::fma(a.v, b.v, c.v)};
+#else
+    return {a.v * b.v + c.v};
+#endif
+  }
   /// max/min return b when either is NaN (as the x86 instructions do).
   friend batch max(batch a, batch b) { return {a.v > b.v ? a.v : b.v}; }
   friend batch min(batch a, batch b) { return {a.v < b.v ? a.v : b.v}; }
@@ -50,9 +57,7 @@ struct batch<T, scalar> {
   friend mask_type operator<(batch a, batch b) { return a.v < b.v; }
   friend batch select(mask_type m, batch a, batch b) { return {m ? a.v : b.v}; }
   /// acc + a * b in the lanes of m, acc elsewhere (nothing of a or b reaches the other lanes).
-  friend batch fma_masked(mask_type m, batch a, batch b, batch acc) {
-    return {m ? std::fma(a.v, b.v, acc.v) : acc.v};
-  }
+  friend batch fma_masked(mask_type m, batch a, batch b, batch acc) { return m ? fma(a, b, acc) : acc; }
   friend T reduce_max(batch a) { return a.v; }
   friend T reduce_add(batch a) { return a.v; }
 };

@@ -46,12 +46,15 @@ struct flash_tiling<T, simd::avx512> {
   static constexpr index_t Bc = 128;
 };
 
-/// Per-thread scratch of the tiled kernel (64-byte aligned, reused across tasks).
+/// The state of one column block (Br columns) while it runs over the key blocks: packed Q^T,
+/// scores S^T of the current key block, unnormalized output O^T, running max m and sum l.
 template <class T>
-struct flash_workspace {
+struct flash_columns {
   tensor<T, 1> qt, st, ot, m, l, alpha, kend, mnew;
   std::vector<index_t> col_head, col_query;
-  flash_workspace(index_t dk, index_t dv, index_t br, index_t bc)
+  index_t ncols = 0;           ///< columns in use (the rest are zero padding)
+  index_t kmin = 0, kmax = 0;  ///< the smallest and largest key_end of the columns in use
+  flash_columns(index_t dk, index_t dv, index_t br, index_t bc)
       : qt({dk * br}),
         st({bc * br}),
         ot({dv * br}),
@@ -64,89 +67,126 @@ struct flash_workspace {
         col_query(static_cast<std::size_t>(br)) {}
 };
 
+/// Per-thread scratch of the tiled kernel (64-byte aligned, reused across tasks): the states of
+/// the column blocks one task interleaves.
+template <class T>
+struct flash_workspace {
+  std::vector<flash_columns<T>> blocks;
+  flash_workspace(int nblocks, index_t dk, index_t dv, index_t br, index_t bc) {
+    blocks.reserve(static_cast<std::size_t>(nblocks));
+    for (int i = 0; i < nblocks; ++i) blocks.emplace_back(dk, dv, br, bc);
+  }
+};
+
+/// One task of the tiled kernel: the column blocks [col0, col0 + nblk * Br) of (b, hkv) (clipped
+/// to the columns that exist). The blocks advance through the key blocks together, so each block
+/// of K and V is brought into the cache once for all of them. Every column's arithmetic is the
+/// same whatever the number of blocks a task holds.
 template <class Arch, class T>
-void flash_task(const attention_shape& s, const tensor_view<const T, 4>& q, const tensor_view<const T, 4>& k,
-                const tensor_view<const T, 4>& v, const tensor_view<T, 4>& out,
-                const tensor_view<const float, 4>& bias, const mask& msk, T qscale, index_t b, index_t hkv,
-                index_t col0, flash_workspace<T>& ws) {
+class flash_task {
+ public:
   using B = simd::batch<T, Arch>;
   using tiling = flash_tiling<T, Arch>;
-  constexpr int W = B::size;
-  constexpr int NV = tiling::NV;
-  constexpr int MR = tiling::MR;
-  constexpr index_t Br = NV * W;
-  constexpr index_t Bc = tiling::Bc;
-  constexpr T log2e = T(1.4426950408889634074);
-  const index_t G = s.group();
-  const index_t ncols = std::min<index_t>(Br, s.Lq * G - col0);
-  const visibility vis = make_visibility(msk, b, s.Lq, s.Lk);
+  static constexpr int W = B::size;
+  static constexpr int NV = tiling::NV;
+  static constexpr int MR = tiling::MR;
+  static constexpr index_t Br = NV * W;
+  static constexpr index_t Bc = tiling::Bc;
 
-  T* qt = ws.qt.data();
-  T* st = ws.st.data();
-  T* ot = ws.ot.data();
-  T* kend = ws.kend.data();
-  index_t kmin = std::numeric_limits<index_t>::max(), kmax = 0;
-  for (index_t c = 0; c < Br; ++c) {
-    if (c < ncols) {
-      const index_t i = (col0 + c) / G;
-      const index_t h = hkv * G + (col0 + c) % G;
-      ws.col_query[c] = i;
-      ws.col_head[c] = h;
-      const index_t e = vis.key_end(i);
-      kend[c] = static_cast<T>(e);
-      kmin = std::min(kmin, e);
-      kmax = std::max(kmax, e);
-      const T* qrow = q.ptr(b, h, i, 0);
-      const index_t qs = q.stride(3);
-      for (index_t p = 0; p < s.dk; ++p) qt[p * Br + c] = qrow[p * qs] * qscale;
-    } else {
-      kend[c] = T(0);
-      for (index_t p = 0; p < s.dk; ++p) qt[p * Br + c] = T(0);
+  flash_task(const attention_shape& s, const tensor_view<const T, 4>& q, const tensor_view<const T, 4>& k,
+             const tensor_view<const T, 4>& v, const tensor_view<T, 4>& out,
+             const tensor_view<const float, 4>& bias, const mask& msk, T qscale)
+      : s_(s), q_(q), k_(k), v_(v), out_(out), bias_(bias), msk_(msk), qscale_(qscale) {}
+
+  void run(index_t b, index_t hkv, index_t col0, int nblk, flash_workspace<T>& ws) const {
+    const visibility vis = make_visibility(msk_, b, s_.Lq, s_.Lk);
+    const index_t cols = s_.Lq * s_.group();
+    int used = 0;
+    index_t kmax = 0;
+    for (int i = 0; i < nblk && col0 + i * Br < cols; ++i, ++used) {
+      flash_columns<T>& cb = ws.blocks[static_cast<std::size_t>(i)];
+      begin(cb, vis, b, hkv, col0 + i * Br);
+      kmax = std::max(kmax, cb.kmax);
     }
+    const T* kb = k_.ptr(b, hkv, 0, 0);
+    const T* vb = v_.ptr(b, hkv, 0, 0);
+    for (index_t j0 = 0; j0 < kmax; j0 += Bc)
+      for (int i = 0; i < used; ++i) {
+        flash_columns<T>& cb = ws.blocks[static_cast<std::size_t>(i)];
+        if (j0 < cb.kmax) step(cb, b, j0, kb, vb);
+      }
+    for (int i = 0; i < used; ++i) finish(ws.blocks[static_cast<std::size_t>(i)], b);
   }
-  for (index_t c = 0; c < Br; ++c) {
-    ws.m.data()[c] = -std::numeric_limits<T>::infinity();
-    ws.l.data()[c] = T(0);
-  }
-  std::fill(ot, ot + s.dv * Br, T(0));
 
-  const T* kb = k.ptr(b, hkv, 0, 0);
-  const T* vb = v.ptr(b, hkv, 0, 0);
-  const index_t sk_j = k.stride(2), sk_d = k.stride(3);
-  const index_t sv_j = v.stride(2), sv_d = v.stride(3);
-  for (index_t j0 = 0; j0 < kmax; j0 += Bc) {
-    const index_t nk = std::min(Bc, kmax - j0);
-    const bool masked = j0 + nk > kmin;  // some column does not see every key of this block
+ private:
+  /// Packs Q^T (scaled by scale * log2(e)) of the columns [col0, col0 + Br) and resets the state.
+  void begin(flash_columns<T>& cb, const visibility& vis, index_t b, index_t hkv, index_t col0) const {
+    const index_t G = s_.group();
+    cb.ncols = std::min<index_t>(Br, s_.Lq * G - col0);
+    cb.kmin = std::numeric_limits<index_t>::max();
+    cb.kmax = 0;
+    T* qt = cb.qt.data();
+    T* kend = cb.kend.data();
+    for (index_t c = 0; c < Br; ++c) {
+      if (c < cb.ncols) {
+        const index_t i = (col0 + c) / G;
+        const index_t h = hkv * G + (col0 + c) % G;
+        cb.col_query[c] = i;
+        cb.col_head[c] = h;
+        const index_t e = vis.key_end(i);
+        kend[c] = static_cast<T>(e);
+        cb.kmin = std::min(cb.kmin, e);
+        cb.kmax = std::max(cb.kmax, e);
+        const T* qrow = q_.ptr(b, h, i, 0);
+        const index_t qs = q_.stride(3);
+        for (index_t p = 0; p < s_.dk; ++p) qt[p * Br + c] = qrow[p * qs] * qscale_;
+      } else {
+        kend[c] = T(0);
+        for (index_t p = 0; p < s_.dk; ++p) qt[p * Br + c] = T(0);
+      }
+    }
+    std::fill(cb.m.data(), cb.m.data() + Br, -std::numeric_limits<T>::infinity());
+    std::fill(cb.l.data(), cb.l.data() + Br, T(0));
+    std::fill(cb.ot.data(), cb.ot.data() + s_.dv * Br, T(0));
+  }
+
+  /// Consumes the keys [j0, j0 + Bc) (clipped to the block's kmax).
+  void step(flash_columns<T>& cb, index_t b, index_t j0, const T* kb, const T* vb) const {
+    constexpr T log2e = T(1.4426950408889634074);
+    const index_t nk = std::min(Bc, cb.kmax - j0);
+    const bool masked = j0 + nk > cb.kmin;  // some column does not see every key of this block
     // The new running max can come out of the product's epilogue only when every logit of the
     // block is final and visible; otherwise a masked key's logit must not move the shift.
-    const bool fused_max = !masked && !bias;
-    T* mnew = ws.mnew.data();
-    std::copy(ws.m.data(), ws.m.data() + Br, mnew);
+    const bool fused_max = !masked && !bias_;
+    T* st = cb.st.data();
+    T* kend = cb.kend.data();
+    T* mnew = cb.mnew.data();
+    std::copy(cb.m.data(), cb.m.data() + Br, mnew);
     tile_args<T> g1;
     if (fused_max) g1.col_max = mnew;
     // S^T = K_blk * Q^T
-    block_product<B, MR, NV, false, false, a_layout::unit_col>(nk, s.dk, kb + j0 * sk_j, sk_j, sk_d, qt, Br,
-                                                               st, Br, g1);
-    if (bias) {
+    const index_t sk_j = k_.stride(2), sk_d = k_.stride(3);
+    block_product<B, MR, NV, false, false, a_layout::unit_col>(nk, s_.dk, kb + j0 * sk_j, sk_j, sk_d,
+                                                               cb.qt.data(), Br, st, Br, g1);
+    if (bias_) {
       for (index_t jj = 0; jj < nk; ++jj)
-        for (index_t c = 0; c < ncols; ++c)
-          st[jj * Br + c] += static_cast<T>(bias(b, ws.col_head[c], ws.col_query[c], j0 + jj)) * log2e;
+        for (index_t c = 0; c < cb.ncols; ++c)
+          st[jj * Br + c] += static_cast<T>(bias_(b, cb.col_head[c], cb.col_query[c], j0 + jj)) * log2e;
     }
     if (masked) {
-      const T ninf = -std::numeric_limits<T>::infinity();
+      const B ninf = B::broadcast(-std::numeric_limits<T>::infinity());
       for (index_t jj = 0; jj < nk; ++jj) {
         const B j = B::broadcast(static_cast<T>(j0 + jj));
-        for (int cv = 0; cv < Br / W; ++cv) {
+        for (int cv = 0; cv < NV; ++cv) {
           T* sp = st + jj * Br + cv * W;
-          // invisible where key_end <= j
-          select(B::load(kend + cv * W) <= j, B::broadcast(ninf), B::load(sp)).store(sp);
+          select(B::load(kend + cv * W) <= j, ninf, B::load(sp)).store(sp);  // invisible: key_end <= j
         }
       }
     }
     // Online softmax, one column batch at a time.
-    for (int cv = 0; cv < Br / W; ++cv) {
+    for (int cv = 0; cv < NV; ++cv) {
       const index_t off = cv * W;
-      const B m_old = B::load(ws.m.data() + off);
+      const B m_old = B::load(cb.m.data() + off);
       B mx = B::load(mnew + off);
       if (!fused_max) {
         B m1 = mx, m2 = mx, m3 = mx;  // independent chains hide the latency of max
@@ -177,43 +217,67 @@ void flash_task(const attention_shape& s, const tensor_view<const T, 4>& q, cons
         sum0 = sum0 + p0;
       }
       const B alpha = exp2_nonpositive(m_old - sh);
-      alpha.store(ws.alpha.data() + off);
-      fma(B::load(ws.l.data() + off), alpha, sum0 + sum1).store(ws.l.data() + off);
-      mx.store(ws.m.data() + off);
+      alpha.store(cb.alpha.data() + off);
+      fma(B::load(cb.l.data() + off), alpha, sum0 + sum1).store(cb.l.data() + off);
+      mx.store(cb.m.data() + off);
     }
     // O^T = O^T * alpha + V_blk^T * P^T
+    const index_t sv_j = v_.stride(2), sv_d = v_.stride(3);
     tile_args<T> args;
-    args.col_scale = ws.alpha.data();
+    args.col_scale = cb.alpha.data();
     if (masked) {
       args.col_limit = kend;
       args.row_base = static_cast<T>(j0);
-      block_product<B, MR, NV, true, true, a_layout::unit_row>(s.dv, nk, vb + j0 * sv_j, sv_d, sv_j, st, Br,
-                                                               ot, Br, args);
+      block_product<B, MR, NV, true, true, a_layout::unit_row>(s_.dv, nk, vb + j0 * sv_j, sv_d, sv_j, st, Br,
+                                                               cb.ot.data(), Br, args);
     } else {
-      block_product<B, MR, NV, true, false, a_layout::unit_row>(s.dv, nk, vb + j0 * sv_j, sv_d, sv_j, st, Br,
-                                                                ot, Br, args);
+      block_product<B, MR, NV, true, false, a_layout::unit_row>(s_.dv, nk, vb + j0 * sv_j, sv_d, sv_j, st, Br,
+                                                                cb.ot.data(), Br, args);
     }
   }
-  // out = O / l; a column that saw no key gets zeros.
-  for (index_t c = 0; c < ncols; ++c) {
-    const T l = ws.l.data()[c];
-    const T inv = l > T(0) ? T(1) / l : T(0);
-    T* orow = out.ptr(b, ws.col_head[c], ws.col_query[c], 0);
-    const index_t os = out.stride(3);
-    for (index_t e = 0; e < s.dv; ++e) orow[e * os] = ot[e * Br + c] * inv;
+
+  /// out = O / l; a column that saw no key gets zeros.
+  void finish(const flash_columns<T>& cb, index_t b) const {
+    const index_t os = out_.stride(3);
+    for (index_t c = 0; c < cb.ncols; ++c) {
+      const T l = cb.l.data()[c];
+      const T inv = l > T(0) ? T(1) / l : T(0);
+      T* orow = out_.ptr(b, cb.col_head[c], cb.col_query[c], 0);
+      for (index_t e = 0; e < s_.dv; ++e) orow[e * os] = cb.ot.data()[e * Br + c] * inv;
+    }
   }
+
+  const attention_shape& s_;
+  const tensor_view<const T, 4>& q_;
+  const tensor_view<const T, 4>& k_;
+  const tensor_view<const T, 4>& v_;
+  const tensor_view<T, 4>& out_;
+  const tensor_view<const float, 4>& bias_;
+  const mask& msk_;
+  T qscale_;
+};
+
+/// Column blocks per task: 2 share each block of K and V (half the K/V traffic from L2/memory)
+/// when that still leaves >= 4 tasks per thread, else 1. Any choice gives the same bits.
+inline int flash_blocks_per_task(index_t bhkv, index_t nblk, int threads) {
+  const index_t tasks2 = bhkv * ((nblk + 1) / 2);
+  return tasks2 >= 4 * static_cast<index_t>(std::max(1, threads)) ? 2 : 1;
 }
 
-/// Runs the tiled kernel over every (b, kv head, column block) task.
+/// Runs the tiled kernel over every (b, kv head, column blocks) task.
 template <class Arch, class T>
 void flash_attention(const attention_shape& s, const tensor_view<const T, 4>& q,
                      const tensor_view<const T, 4>& k, const tensor_view<const T, 4>& v,
                      const tensor_view<T, 4>& out, const attention_options& opt, double scale) {
-  using tiling = flash_tiling<T, Arch>;
-  constexpr index_t Br = tiling::NV * simd::batch<T, Arch>::size;
+  using task_t = flash_task<Arch, T>;
+  constexpr index_t Br = task_t::Br;
   const index_t cols = s.Lq * s.group();
   const index_t nblk = (cols + Br - 1) / Br;
-  const index_t ntasks = s.B * s.Hkv * nblk;
+  const index_t bhkv = s.B * s.Hkv;
+  const int max_threads = resolve_threads(opt.threads, bhkv * nblk);
+  const int per_task = flash_blocks_per_task(bhkv, nblk, max_threads);
+  const index_t ntb = (nblk + per_task - 1) / per_task;  // tasks per (b, kv head)
+  const index_t ntasks = bhkv * ntb;
   const tensor_view<const float, 4> bias =
       opt.mask.bias ? broadcast_bias(opt.mask.bias, s.B, s.H, s.Lq, s.Lk) : tensor_view<const float, 4>{};
   const T qscale = static_cast<T>(scale * 1.4426950408889634074);
@@ -221,13 +285,13 @@ void flash_attention(const attention_shape& s, const tensor_view<const T, 4>& q,
   const int nt = resolve_threads(opt.threads, ntasks);
   std::vector<flash_workspace<T>> ws;
   ws.reserve(static_cast<std::size_t>(nt));
-  for (int t = 0; t < nt; ++t) ws.emplace_back(s.dk, s.dv, Br, tiling::Bc);
+  for (int t = 0; t < nt; ++t) ws.emplace_back(per_task, s.dk, s.dv, Br, task_t::Bc);
+  const task_t task_fn(s, q, k, v, out, bias, opt.mask, qscale);
   parallel_for(ntasks, nt, [&](index_t task, int thread) {
-    const index_t bh = task / nblk;
-    index_t blk = task % nblk;
-    if (causal) blk = nblk - 1 - blk;  // the longest causal rows first balance the threads
-    flash_task<Arch, T>(s, q, k, v, out, bias, opt.mask, qscale, bh / s.Hkv, bh % s.Hkv, blk * Br,
-                        ws[static_cast<std::size_t>(thread)]);
+    const index_t bh = task / ntb;
+    index_t t = task % ntb;
+    if (causal) t = ntb - 1 - t;  // the longest causal rows first balance the threads
+    task_fn.run(bh / s.Hkv, bh % s.Hkv, t * per_task * Br, per_task, ws[static_cast<std::size_t>(thread)]);
   });
 }
 
