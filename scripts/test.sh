@@ -4,8 +4,10 @@
 #   scalar-cxx20  ATTNKIT_SIMD=scalar, C++20
 #   avx512|avx2   the widest ISA the CPU has (AVX-512 F/DQ/BW/VL, else AVX2+FMA); tests every kernel
 #                 up to it (scalar, avx2, avx512), compiles the benchmarks and examples
-#   asan          ASan + UBSan, Debug -O1 (avx2 if available, else scalar)
+#   asan-ubsan    ASan + UBSan, an ATTNKIT_SIMD=avx2 build (scalar without AVX2): tests -O0, kernels -O1
 #   consumer-install / consumer-subdir   tests/consumer against `cmake --install` and add_subdirectory
+#   format        clang-format 14 --dry-run over include, tests, bench, examples
+# So the suite runs in three ISA builds: scalar, avx2 (under the sanitizers) and avx512.
 # Environment:
 #   ATTNKIT_TEST_QUICK=1   only a native build (tests, benchmarks, examples) and the consumers
 #   ATTNKIT_TEST_FORMAT=0  skip the clang-format check (format_check)
