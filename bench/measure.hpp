@@ -402,8 +402,10 @@ struct sample_plan {
 /// Query rows of one tile of full_attention's kernel for `group` query heads per kv head. The
 /// kernel computes whole tiles (a partial tile costs a full one), so row slices that start and end
 /// on multiples of this run exactly the tiles of the whole call. Reads an internal of the kernel.
+/// Query rows of one task of the tiled kernel (two column blocks, which share each K/V block), per
+/// kv head group: samples made of whole tasks run the kernel as the whole call does.
 inline index_t attention_row_quantum(index_t group = 1) {
-  constexpr index_t cols = attnkit::detail::flash_tiling<float, attnkit::simd::native>::NV *
+  constexpr index_t cols = 2 * attnkit::detail::flash_tiling<float, attnkit::simd::native>::NV *
                            attnkit::simd::batch<float, attnkit::simd::native>::size;
   return cols / std::gcd(cols, std::max<index_t>(1, group));
 }

@@ -258,10 +258,10 @@ class flash_task {
 };
 
 /// Column blocks per task: 2 share each block of K and V (half the K/V traffic from L2/memory)
-/// when that still leaves >= 4 tasks per thread, else 1. Any choice gives the same bits.
+/// when that still leaves >= 2 tasks per thread, else 1. Any choice gives the same bits.
 inline int flash_blocks_per_task(index_t bhkv, index_t nblk, int threads) {
   const index_t tasks2 = bhkv * ((nblk + 1) / 2);
-  return tasks2 >= 4 * static_cast<index_t>(std::max(1, threads)) ? 2 : 1;
+  return nblk >= 2 && tasks2 >= 2 * static_cast<index_t>(std::max(1, threads)) ? 2 : 1;
 }
 
 /// Runs the tiled kernel over every (b, kv head, column blocks) task.
