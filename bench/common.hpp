@@ -174,6 +174,10 @@ struct sampling {
   slicing how = slicing::heads_and_rows;
   double scale = 1.0;  ///< sample FLOPs = scale * --sample_gflop * threads (< 1 for slow operators)
   double flops = 0.0;  ///< if > 0: the sample FLOPs, whatever the threads (e.g. memory-bound calls)
+  /// The operator's FLOPs when it is not exact attention (e.g. favor_flops_fn): samples are then
+  /// slices of heads only (plan_head_samples, how = heads or none, heads a multiple of the thread
+  /// count), and GFLOP/s and pct_peak count these FLOPs.
+  head_flops_fn cost;
 };
 
 /// Registers one attention benchmark: `fn` on `spec` with attention_options::threads = threads.
@@ -186,7 +190,8 @@ inline benchmark::internal::Benchmark* register_attention(const std::string& nam
       smp.flops > 0 ? smp.flops : config().sample_gflop * 1e9 * smp.scale * std::max(1, threads);
   // Row slices keep >= 2 tiles per thread; head-only slicing (decode) has many tasks per head.
   const index_t min_tiles = smp.how == slicing::heads_and_rows ? 2 * threads : 1;
-  const sample_plan plan = plan_samples(spec, target, smp.how, 4, 0, min_tiles);
+  const sample_plan plan = smp.cost ? plan_head_samples(spec, target, smp.cost, smp.how, std::max(1, threads))
+                                    : plan_samples(spec, target, smp.how, 4, 0, min_tiles);
   auto* b = benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) {
     try {
       auto prob = shared_problem(spec);
@@ -205,9 +210,11 @@ inline benchmark::internal::Benchmark* register_attention(const std::string& nam
   return with_defaults(b->UseManualTime());
 }
 
-/// "name/d:64/L:1024/causal:1/threads:2": the naming scheme of the attention families.
-inline std::string attention_name(const std::string& family, const attention_spec& s, int threads) {
-  std::string n = family + "/d:" + std::to_string(s.dk);
+/// "name/d:64/L:1024/causal:1/threads:2": the naming scheme of the attention families. `params`
+/// (e.g. "/m:256") follows d: the operator's own parameters.
+inline std::string attention_name(const std::string& family, const attention_spec& s, int threads,
+                                  const std::string& params = "") {
+  std::string n = family + "/d:" + std::to_string(s.dk) + params;
   n += s.Lq == s.Lk ? "/L:" + std::to_string(s.Lq)
                     : "/Lq:" + std::to_string(s.Lq) + "/Lk:" + std::to_string(s.Lk);
   if (s.H != 8 || s.Hkv != s.H)

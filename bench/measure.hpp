@@ -468,6 +468,38 @@ inline sample_plan plan_samples(const attention_spec& s, double target_flops,
   return p;
 }
 
+/// FLOPs of `heads` query heads (all batch entries, every row; a multiple of the group) of one call
+/// of `s`: the cost model of an operator that is timed on slices of heads (see plan_head_samples).
+using head_flops_fn = std::function<double(const attention_spec& s, index_t heads)>;
+
+/// Chooses the heads one timing sample of `s` runs for an operator that can only be sliced by heads
+/// (e.g. FAVOR+, whose key pass runs over all keys before any query: no block of query rows is
+/// representative) and costs `flops`: the whole call when how == none or it costs at most 1.5 x
+/// `target_flops`; otherwise the fewest heads that cost `target_flops`, a multiple of the group and
+/// of `head_quantum` (e.g. the thread count, so that every thread gets as many heads as in a whole
+/// call when the operator parallelizes over heads).
+inline sample_plan plan_head_samples(const attention_spec& s, double target_flops, const head_flops_fn& flops,
+                                     slicing how = slicing::heads, index_t head_quantum = 1) {
+  sample_plan p;
+  p.spec = s;
+  p.full_flops = flops(s, s.H);
+  index_t nh = s.H;
+  if (how != slicing::none && p.full_flops > 1.5 * target_flops && s.H > 0) {
+    const index_t G = std::max<index_t>(1, s.group());
+    const index_t q = std::lcm(G, std::max<index_t>(1, head_quantum));
+    const double per_head = p.full_flops / static_cast<double>(s.H);
+    nh = static_cast<index_t>(std::ceil(target_flops / std::max(per_head, 1.0)));
+    nh = std::min(s.H, std::max<index_t>(q, (nh + q - 1) / q * q));
+    if (nh % G != 0) nh = s.H;  // the quantum exceeds H: only whole calls are representative
+  }
+  attention_slice sl;
+  sl.nh = nh;
+  sl.nr = s.Lq;
+  p.slices.push_back(sl);
+  p.sample_flops = nh == s.H ? p.full_flops : flops(s, nh);
+  return p;
+}
+
 /// Views of one slice of a problem and the mask that gives its rows the same visible keys as in
 /// the whole call (a causal row block [r0, r0+nr) is a bottom-right causal call over keys [0, r0+nr)).
 struct slice_views {
@@ -542,6 +574,67 @@ inline attention_fn reference_attention_fn(int eigen_threads = 1) {
     attnkit::reference::attention(q, k, v, out, o);
     Eigen::setNbThreads(saved);
   };
+}
+
+/// Tokens of one chunk of causal FAVOR+ (and of one query block of bidirectional FAVOR+).
+/// Reads an internal of the kernel.
+inline index_t favor_chunk() { return attnkit::detail::favor_tiling<float, attnkit::simd::native>::chunk; }
+
+/// FLOPs of the feature and state products of favor_attention over `heads` query heads (a multiple
+/// of the group) of `s`, with mf features per token (m for softmax_positive and relu, 2m for
+/// softmax_hyperbolic); see favor/detail/kernel.hpp for the products:
+///   per (batch, kv head)   key features  U = K F^T           2 * Lk * dk * mf
+///                          state         S^T += V^T Phi_K    2 * Lk * mf * dv
+///   per (batch, query head) query features U^T = F Q^T       2 * Lq * dk * mf
+///                          output        [S^T; z^T] Phi_Q^T  2 * Lq * mf * (dv + 1)
+///   causal, per query head intra-chunk   A^T = Phi_K Phi_Q^T 2 * L * C * mf
+///                          and           O += V^T A^T        2 * L * C * dv
+/// with C = favor_chunk(). The intra-chunk products are counted over the whole C x C block, as the
+/// kernel computes it (only the part on and below the diagonal is needed: about half). Not counted:
+/// z += colsum(Phi_K) (Lk * mf adds), the exponentials, stabilizers, masking and normalization.
+inline double favor_flops(const attention_spec& s, index_t mf, index_t heads) {
+  const double kv_heads = static_cast<double>(heads / std::max<index_t>(1, s.group()) * s.B);
+  const double q_heads = static_cast<double>(heads * s.B);
+  const double Lq = static_cast<double>(s.Lq), Lk = static_cast<double>(s.Lk), f = static_cast<double>(mf);
+  const double dk = static_cast<double>(s.dk), dv = static_cast<double>(s.dv);
+  double per_q = 2.0 * Lq * dk * f + 2.0 * Lq * f * (dv + 1.0);
+  if (s.is_causal()) per_q += 2.0 * Lq * static_cast<double>(favor_chunk()) * (f + dv);
+  return kv_heads * (2.0 * Lk * dk * f + 2.0 * Lk * f * dv) + q_heads * per_q;
+}
+/// favor_flops as the cost model of plan_head_samples / register_attention.
+inline head_flops_fn favor_flops_fn(index_t mf) {
+  return [mf](const attention_spec& s, index_t heads) { return favor_flops(s, mf, heads); };
+}
+
+/// favor_attention<simd::native, float> with `features` as an attention_fn: the mask (causal,
+/// key_lengths), scale and threads come from the attention_options of the call, the rest (kernel,
+/// relu_epsilon) from `base`.
+inline attention_fn favor_attention_fn(std::shared_ptr<const attnkit::random_features<float>> features,
+                                       const attnkit::favor_options& base = {}) {
+  return [features, base](const f4_cview& q, const f4_cview& k, const f4_cview& v, const f4_view& out,
+                          const attnkit::attention_options& o) {
+    attnkit::favor_options fo = base;
+    fo.mask = o.mask;
+    fo.scale = o.scale;
+    fo.threads = o.threads;
+    attnkit::favor_attention(q, k, v, out, *features, fo);
+  };
+}
+
+/// ||a - b||_F / ||b||_F over two equally shaped views: the relative error of an approximation `a`
+/// of `b` (NaN when any difference is NaN).
+inline double relative_error(const attnkit::tensor_view<const float, 4>& a,
+                             const attnkit::tensor_view<const float, 4>& b) {
+  double num = 0.0, den = 0.0;
+  for (index_t i0 = 0; i0 < a.extent(0); ++i0)
+    for (index_t i1 = 0; i1 < a.extent(1); ++i1)
+      for (index_t i2 = 0; i2 < a.extent(2); ++i2)
+        for (index_t i3 = 0; i3 < a.extent(3); ++i3) {
+          const double y = b(i0, i1, i2, i3), d = static_cast<double>(a(i0, i1, i2, i3)) - y;
+          num += d * d;
+          den += y * y;
+        }
+  return std::sqrt(num) / std::sqrt(den);
 }
 
 /// Returns max |a - b| over two equally shaped views (NaN when any difference is NaN).

@@ -6,16 +6,18 @@
 // One row per operator: the estimated time of one whole call (minimum over short samples; calls
 // longer than a few ms are timed on slices of rows or heads and scaled by FLOPs, because this
 // kind of machine stalls for hundreds of ms at a time), GFLOP/s and % of the measured FMA peak,
-// speed-up against exact attention with the same mask, and the max error: against exact attention
-// for operators that approximate softmax, against the naive reference for exact ones.
+// speed-up against exact attention with the same mask, and the error: the relative error
+// ||out - exact||_F / ||exact||_F against exact attention for operators that approximate softmax
+// (FAVOR+), the max abs error against the naive reference for exact ones.
 //
-// Adding an operator (FAVOR+, Combiner, lambda layers, CoAtNet ...) = appending a row in
+// Adding an operator (Combiner, lambda layers, CoAtNet ...) = appending a row in
 // make_rows(): attention_row() for anything with the attention signature, or a custom tour_row.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -32,7 +34,8 @@ struct tour_options {
   int samples = 20;
 };
 
-/// What a row's output is compared with in the error column.
+/// What a row's output is compared with in the error column: nothing, exact attention with the
+/// same mask (relative error: the row approximates it), or the naive reference (max abs error).
 enum class versus { none, exact, reference };
 
 /// One line of the table.
@@ -51,15 +54,17 @@ struct tour_row {
 };
 
 /// A row for any operator with the attention signature fn(q, k, v, out, options) on `p`.
-/// `how` says which parts of a call may be timed alone (see ab::slicing); `flops` < 0 counts
-/// exact attention's FLOPs (visible pairs only).
+/// `how` says which parts of a call may be timed alone (see ab::slicing); `cost` gives the FLOPs of
+/// an operator that is not exact attention (e.g. ab::favor_flops_fn; it is then timed on whole
+/// calls or slices of heads, ab::plan_head_samples); empty: exact attention's (visible pairs only).
 tour_row attention_row(std::string op, ab::attention_problem& p, bool causal, versus check,
                        ab::attention_fn fn, int threads, ab::slicing how = ab::slicing::heads_and_rows,
-                       double target_flops_per_thread = 0.75e9, double flops = -1.0) {
+                       double target_flops_per_thread = 0.75e9, const ab::head_flops_fn& cost = {}) {
   ab::attention_spec spec = p.spec;
   spec.causal = causal ? attnkit::causal_mode::top_left : attnkit::causal_mode::none;
   const ab::sample_plan plan =
-      ab::plan_samples(spec, target_flops_per_thread * threads, how, 4, 0, 2 * threads);
+      cost ? ab::plan_head_samples(spec, target_flops_per_thread * threads, cost, how, threads)
+           : ab::plan_samples(spec, target_flops_per_thread * threads, how, 4, 0, 2 * threads);
   attnkit::attention_options opt;
   opt.threads = threads;
   opt.mask.causal = spec.causal;
@@ -68,7 +73,7 @@ tour_row attention_row(std::string op, ab::attention_problem& p, bool causal, ve
   r.shape = spec.str() + " fp32" + (causal ? " causal" : "");
   r.causal = causal;
   r.check = check;
-  r.flops = flops < 0 ? ab::attention_flops(spec) : flops;
+  r.flops = plan.full_flops;
   r.timed_on = plan.describe();
   r.time = [&p, plan, fn, opt](int samples) { return ab::estimate_call_seconds(p, plan, fn, opt, samples); };
   r.run = [&p, fn, opt](const ab::f4_view& out) { fn(p.q.cview(), p.k.cview(), p.v.cview(), out, opt); };
@@ -92,10 +97,15 @@ std::vector<tour_row> make_rows(ab::attention_problem& p, const tour_options& o,
     rows.push_back(attention_row("reference::attention", p, false, versus::none, ab::reference_attention_fn(),
                                  threads, ab::slicing::heads_and_rows, 0.125e9 / threads));
   }
-  // FAVOR+ (issue 2) adds e.g.:
-  //   rows.push_back(attention_row("favor_attention m=256", p, false, versus::exact,
-  //       [&](auto& q, auto& k, auto& v, auto& out, auto& opt) { attnkit::favor_attention(q, k, v, out, rf,
-  //       ...); }, threads, ab::slicing::heads, 0.75e9, favor_flops));
+  // FAVOR+: softmax_positive with m = 256 orthogonal features (seed 1), drawn once; timed on whole
+  // calls or slices of heads (its key pass runs over all keys before any query).
+  const index_t m = 256;
+  const auto features = std::make_shared<const attnkit::random_features<float>>(
+      attnkit::random_features<float>::orthogonal(m, o.d, 1));
+  for (bool causal : {false, true})
+    rows.push_back(attention_row("favor_attention m=" + std::to_string(m), p, causal, versus::exact,
+                                 ab::favor_attention_fn(features), threads, ab::slicing::heads, 0.75e9,
+                                 ab::favor_flops_fn(m)));
   return rows;
 }
 
@@ -206,7 +216,7 @@ int main(int argc, char** argv) {
   };
 
   std::printf("%-22s %-30s %10s %9s %6s %9s %10s  %-10s %s\n", "operator", "shape", "time ms", "GFLOP/s",
-              "%peak", "speed-up", "max |err|", "vs", "timed on");
+              "%peak", "speed-up", "error", "vs", "timed on");
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const tour_row& r = rows[i];
     const double gf = r.flops > 0 ? r.flops / seconds[i] * 1e-9 : 0.0;
@@ -220,8 +230,13 @@ int main(int argc, char** argv) {
       if (const auto* want = expected_output(r.causal, r.check)) {
         attnkit::tensor<float, 4> got(out_extents);
         r.run(got.view());
-        err = fmt("%.2e", ab::max_abs_diff(got.cview(), want->cview()));
-        vs = r.check == versus::reference ? "reference" : "exact";
+        if (r.check == versus::reference) {
+          err = fmt("%.2e", ab::max_abs_diff(got.cview(), want->cview()));
+          vs = "reference";
+        } else {
+          err = fmt("%.2e", ab::relative_error(got.cview(), want->cview()));
+          vs = "exact rel";
+        }
       } else {
         vs = "(skipped)";
       }
@@ -244,7 +259,9 @@ int main(int argc, char** argv) {
                 static_cast<double>(o.L) * static_cast<double>(o.L) * 4 / (1 << 20));
   std::printf(
       "time: min over %d samples of a few ms each, scaled to one whole call; speed-up: exact attention\n"
-      "with the same mask / this row; GFLOP/s counts 4*d per visible (query, key) pair.\n",
+      "with the same mask / this row; GFLOP/s counts 4*d per visible (query, key) pair (FAVOR+: its\n"
+      "feature and state products, causal chunks whole). error: max |out - reference| (vs reference),\n"
+      "or ||out - exact||_F / ||exact||_F (vs exact rel: exact attention with the same mask).\n",
       o.samples);
   std::printf("tour finished in %.1f s\n", ab::now_seconds() - t_start);
   return 0;
