@@ -180,12 +180,6 @@ problem<T> make_problem(const spec& sp, std::uint64_t salt) {
   return p;
 }
 
-/// The first `rows` queries of a [B, H, Lq, D] view.
-template <class T>
-view<T, 4> prefix_rows(const view<T, 4>& x, index_t rows) {
-  return view<T, 4>(x.data(), {x.extent(0), x.extent(1), rows, x.extent(3)}, x.strides());
-}
-
 template <class Arch, class T>
 strided_buffer<T> run_kernel(const problem<T>& p, int threads) {
   auto out = make_buffer<T>({p.sp.B, p.sp.H, p.sp.Lq, p.sp.dv}, p.sp.lo, sentinel<T>());

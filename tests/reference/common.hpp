@@ -182,6 +182,12 @@ void require_same_bits(const view<T, R>& a, const view<T, R>& b, const std::stri
   REQUIRE(diffs == 0);
 }
 
+/// The first `rows` rows (queries or keys) of a [B, H, Lq, D] view.
+template <class T>
+view<T, 4> prefix_rows(const view<T, 4>& x, index_t rows) {
+  return view<T, 4>(x.data(), {x.extent(0), x.extent(1), rows, x.extent(3)}, x.strides());
+}
+
 /// Memory layouts of a [B, H, L, D] view over caller memory.
 enum class layout {
   contiguous,   ///< [B, H, L, D] row-major

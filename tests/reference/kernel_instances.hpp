@@ -6,12 +6,18 @@
 // kernels over all cores instead of compiling them one after the other inside test_attention.cpp.
 #pragma once
 
+#include <attnkit/favor/attention.hpp>
+#include <attnkit/favor/decoder.hpp>
 #include <attnkit/full/attention.hpp>
 
 #define ATTNKIT_TEST_KERNELS(EXTERN, ARCH, T)                                                               \
   EXTERN template void attnkit::full_attention<attnkit::simd::ARCH, T>(                                     \
       attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
-      attnkit::tensor_view<T, 4>, const attnkit::attention_options&);
+      attnkit::tensor_view<T, 4>, const attnkit::attention_options&);                                       \
+  EXTERN template void attnkit::favor_attention<attnkit::simd::ARCH, T>(                                    \
+      attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
+      attnkit::tensor_view<T, 4>, const attnkit::random_features<T>&, const attnkit::favor_options&);       \
+  EXTERN template class attnkit::favor_decoder<T, attnkit::simd::ARCH>;
 
 #if defined(ATTNKIT_TEST_INSTANTIATE_ARCH)
 ATTNKIT_TEST_KERNELS(, ATTNKIT_TEST_INSTANTIATE_ARCH, ATTNKIT_TEST_INSTANTIATE_TYPE)

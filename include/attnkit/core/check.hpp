@@ -6,6 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "config.hpp"
 
@@ -31,6 +32,13 @@ std::string shape_string(const std::array<std::ptrdiff_t, N>& e) {
 /// Throws invalid_argument("<where>: <what>") when `ok` is false.
 inline void require(bool ok, const char* where, const std::string& what) {
   if (!ok) throw invalid_argument(std::string(where) + ": " + what);
+}
+
+/// The same with the message built by what() only on failure: checks on the hot path of small
+/// calls (decoding one token) cost no string formatting.
+template <class F, class = std::enable_if_t<std::is_invocable_r_v<std::string, F&>>>
+void require(bool ok, const char* where, F&& what) {
+  if (!ok) throw invalid_argument(std::string(where) + ": " + what());
 }
 
 }  // namespace detail

@@ -54,17 +54,21 @@ inline visibility make_visibility(const mask& m, index_t b, index_t lq, index_t 
 /// `allow_bias` is false for operators that cannot honour an additive bias.
 inline void check_mask(const mask& m, const char* where, index_t B, index_t H, index_t lq, index_t lk,
                        bool allow_bias = true) {
-  require(m.key_lengths || m.key_lengths.size() == 0, where,
-          "mask.key_lengths has extents " + shape_string(m.key_lengths.extents()) + " but no data");
+  require(m.key_lengths || m.key_lengths.size() == 0, where, [&] {
+    return std::string("mask.key_lengths has extents " + shape_string(m.key_lengths.extents()) +
+                       " but no data");
+  });
   if (m.key_lengths) {
-    require(m.key_lengths.extent(0) == B, where,
-            "mask.key_lengths has shape " + shape_string(m.key_lengths.extents()) + ", expected [" +
-                std::to_string(B) + "] (one length per batch entry)");
+    require(m.key_lengths.extent(0) == B, where, [&] {
+      return std::string("mask.key_lengths has shape " + shape_string(m.key_lengths.extents()) +
+                         ", expected [" + std::to_string(B) + "] (one length per batch entry)");
+    });
     for (index_t b = 0; b < B; ++b) {
       const auto len = m.key_lengths(b);
-      require(len >= 0 && len <= lk, where,
-              "mask.key_lengths[" + std::to_string(b) + "] = " + std::to_string(len) +
-                  " is outside [0, Lk = " + std::to_string(lk) + "]");
+      require(len >= 0 && len <= lk, where, [&] {
+        return std::string("mask.key_lengths[" + std::to_string(b) + "] = " + std::to_string(len) +
+                           " is outside [0, Lk = " + std::to_string(lk) + "]");
+      });
     }
   }
   if (m.bias) {
@@ -72,11 +76,14 @@ inline void check_mask(const mask& m, const char* where, index_t B, index_t H, i
     const std::array<index_t, 4> full{B, H, lq, lk};
     bool ok = true;
     for (std::size_t d = 0; d < 4; ++d) ok = ok && (m.bias.extent(d) == 1 || m.bias.extent(d) == full[d]);
-    require(ok, where,
-            "mask.bias has shape " + shape_string(m.bias.extents()) + ", not broadcastable to " +
-                shape_string(full) + " (each extent must be 1 or full)");
+    require(ok, where, [&] {
+      return std::string("mask.bias has shape " + shape_string(m.bias.extents()) + ", not broadcastable to " +
+                         shape_string(full) + " (each extent must be 1 or full)");
+    });
   } else if (m.bias.size() > 0) {
-    require(false, where, "mask.bias has extents " + shape_string(m.bias.extents()) + " but no data");
+    require(false, where, [&] {
+      return std::string("mask.bias has extents " + shape_string(m.bias.extents()) + " but no data");
+    });
   }
 }
 

@@ -117,7 +117,8 @@ class tensor {
   explicit tensor(extents_type extents) : extents_(extents) {
     index_t n = 1;
     for (auto e : extents) {
-      detail::require(e >= 0, "tensor", "negative extent in " + detail::shape_string(extents));
+      detail::require(e >= 0, "tensor",
+                      [&] { return std::string("negative extent in " + detail::shape_string(extents)); });
       n *= e;
     }
     size_ = n;

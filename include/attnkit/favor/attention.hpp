@@ -19,18 +19,21 @@ double check_favor(const char* where, const attention_shape& s, const random_fea
                    const favor_options& o) {
   check_mask(o.mask, where, s.B, s.H, s.Lq, s.Lk, /*allow_bias=*/false);
   check_threads(o.threads, where);
-  require(features.dim() == s.dk, where,
-          "features have dimension d = " + std::to_string(features.dim()) +
-              " but q and k have dk = " + std::to_string(s.dk));
+  require(features.dim() == s.dk, where, [&] {
+    return std::string("features have dimension d = " + std::to_string(features.dim()) +
+                       " but q and k have dk = " + std::to_string(s.dk));
+  });
   require(o.kernel == favor_kernel::softmax_positive || o.kernel == favor_kernel::softmax_hyperbolic ||
               o.kernel == favor_kernel::relu,
           where, "options.kernel is not a favor_kernel value");
-  require(std::isfinite(o.relu_epsilon) && o.relu_epsilon >= 0, where,
-          "relu_epsilon = " + std::to_string(o.relu_epsilon) + " (must be finite and >= 0)");
+  require(std::isfinite(o.relu_epsilon) && o.relu_epsilon >= 0, where, [&] {
+    return std::string("relu_epsilon = " + std::to_string(o.relu_epsilon) + " (must be finite and >= 0)");
+  });
   const double scale = resolve_scale(o.scale, s.dk, where);
-  require(
-      scale > 0 || o.kernel == favor_kernel::relu, where,
-      "scale = " + std::to_string(scale) + ": the softmax kernels estimate exp(scale q.k) with scale > 0");
+  require(scale > 0 || o.kernel == favor_kernel::relu, where, [&] {
+    return std::string("scale = " + std::to_string(scale) +
+                       ": the softmax kernels estimate exp(scale q.k) with scale > 0");
+  });
   return scale;
 }
 
@@ -106,10 +109,11 @@ void favor_attention(tensor_view<const detail::identity_t<T>, 4> q,
   const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out);
   const double scale = detail::check_favor(where, s, features, options);
   const bool causal = options.causal || options.mask.causal != causal_mode::none;
-  detail::require(!causal || s.Lq == s.Lk, where,
-                  "causal FAVOR+ needs Lq == Lk, got Lq = " + std::to_string(s.Lq) +
-                      " and Lk = " + std::to_string(s.Lk) +
-                      " (to decode queries after a prefix, use attnkit::favor_decoder)");
+  detail::require(!causal || s.Lq == s.Lk, where, [&] {
+    return std::string("causal FAVOR+ needs Lq == Lk, got Lq = " + std::to_string(s.Lq) +
+                       " and Lk = " + std::to_string(s.Lk) +
+                       " (to decode queries after a prefix, use attnkit::favor_decoder)");
+  });
   if (out.empty()) return;
   const detail::favor_weights<T> w =
       detail::prepare_weights<Arch>(features, options.kernel, scale, options.relu_epsilon);

@@ -25,10 +25,12 @@ class favor_decoder {
                 index_t dv, const favor_options& options = {})
       : options_(options) {
     constexpr const char* where = "attnkit::favor_decoder";
-    detail::require(batch >= 0 && kv_heads >= 1 && heads >= 1 && heads % kv_heads == 0 && dv >= 0, where,
-                    "batch = " + std::to_string(batch) + ", heads = " + std::to_string(heads) +
-                        ", kv_heads = " + std::to_string(kv_heads) + ", dv = " + std::to_string(dv) +
-                        ": need batch, dv >= 0 and heads a positive multiple of kv_heads >= 1");
+    detail::require(
+        batch >= 0 && kv_heads >= 1 && heads >= 1 && heads % kv_heads == 0 && dv >= 0, where, [&] {
+          return std::string("batch = " + std::to_string(batch) + ", heads = " + std::to_string(heads) +
+                             ", kv_heads = " + std::to_string(kv_heads) + ", dv = " + std::to_string(dv) +
+                             ": need batch, dv >= 0 and heads a positive multiple of kv_heads >= 1");
+        });
     detail::require(!options.mask.bias && options.mask.bias.size() == 0 && !options.mask.key_lengths, where,
                     "options.mask must be empty: pass key_lengths to prefill");
     shape_.B = batch;
@@ -73,14 +75,16 @@ class favor_decoder {
              const tensor_view<const std::int64_t, 1>& key_lengths, index_t want_len) const {
     const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out);
     const std::array<index_t, 4> want{shape_.B, shape_.H, want_len < 0 ? s.Lk : want_len, shape_.dk};
-    detail::require(s.B == shape_.B && s.H == shape_.H && s.Hkv == shape_.Hkv && s.dk == shape_.dk &&
-                        s.dv == shape_.dv && s.Lq == s.Lk && (want_len < 0 || s.Lq == want_len),
-                    where,
-                    "q has shape " + detail::shape_string(q.extents()) + ", k " +
-                        detail::shape_string(k.extents()) + ", v " + detail::shape_string(v.extents()) +
-                        "; this decoder expects q " + detail::shape_string(want) +
-                        ", Hkv = " + std::to_string(shape_.Hkv) + ", dv = " + std::to_string(shape_.dv) +
-                        " and as many keys as queries");
+    detail::require(
+        s.B == shape_.B && s.H == shape_.H && s.Hkv == shape_.Hkv && s.dk == shape_.dk && s.dv == shape_.dv &&
+            s.Lq == s.Lk && (want_len < 0 || s.Lq == want_len),
+        where, [&] {
+          return std::string("q has shape " + detail::shape_string(q.extents()) + ", k " +
+                             detail::shape_string(k.extents()) + ", v " + detail::shape_string(v.extents()) +
+                             "; this decoder expects q " + detail::shape_string(want) +
+                             ", Hkv = " + std::to_string(shape_.Hkv) + ", dv = " + std::to_string(shape_.dv) +
+                             " and as many keys as queries");
+        });
     mask m;
     m.key_lengths = key_lengths;
     detail::check_mask(m, where, s.B, s.H, s.Lq, s.Lk, false);

@@ -56,15 +56,17 @@ class random_features {
   static random_features from_matrix(const tensor_view<U, 2>& w) {
     static_assert(std::is_same_v<std::remove_const_t<U>, T>, "random_features::from_matrix: a view of T");
     constexpr const char* where = "attnkit::random_features::from_matrix";
-    detail::require(
-        w.data() != nullptr && w.extent(0) >= 1 && w.extent(1) >= 1, where,
-        "w has shape " + detail::shape_string(w.extents()) + ", expected [m >= 1, d >= 1] with data");
+    detail::require(w.data() != nullptr && w.extent(0) >= 1 && w.extent(1) >= 1, where, [&] {
+      return std::string("w has shape " + detail::shape_string(w.extents()) +
+                         ", expected [m >= 1, d >= 1] with data");
+    });
     random_features f(feature_draw::from_matrix, feature_norms::chi, w.extent(0), w.extent(1), 0, where);
     for (index_t i = 0; i < w.extent(0); ++i)
       for (index_t j = 0; j < w.extent(1); ++j) {
         const T x = w(i, j);
-        detail::require(std::isfinite(x), where,
-                        "w(" + std::to_string(i) + ", " + std::to_string(j) + ") is not finite");
+        detail::require(std::isfinite(x), where, [&] {
+          return std::string("w(" + std::to_string(i) + ", " + std::to_string(j) + ") is not finite");
+        });
         f.w_(i, j) = x;
       }
     return f;
@@ -93,8 +95,9 @@ class random_features {
       : draw_(draw), norms_(norms), seed_(seed), w_(checked_extents(m, d, where)) {}
 
   static std::array<index_t, 2> checked_extents(index_t m, index_t d, const char* where) {
-    detail::require(m >= 1 && d >= 1, where,
-                    "m = " + std::to_string(m) + ", d = " + std::to_string(d) + ": both must be >= 1");
+    detail::require(m >= 1 && d >= 1, where, [&] {
+      return std::string("m = " + std::to_string(m) + ", d = " + std::to_string(d) + ": both must be >= 1");
+    });
     return {m, d};
   }
 

@@ -168,6 +168,8 @@ void favor_key_features(const favor_weights<T>& w, const T* k, index_t sk_j, ind
   T* crow = ws.crow.data();
   favor_gemm<Arch, false, a_layout::unit_col>(n, mp, w.dk, k, sk_j, sk_d, w.ft.data(), mp, phi, mp);
   if (!w.softmax()) {
+    // No stabilizer: c = 0 marks the state as holding keys (merge skips empty states).
+    st.c = std::max(st.c, T(0));
     const B zero = B::zero(), eps = B::broadcast(w.eps);
     for (index_t r = 0; r < n; ++r) {
       T* row = phi + r * mp;
@@ -328,9 +330,9 @@ void favor_finish(const favor_workspace<T>& ws, index_t dv, index_t n, index_t c
                   index_t so_d) {
   const T* o = ws.o.data();
   for (index_t c = 0; c < n; ++c) {
+    // Divide (no reciprocal): 1/den overflows when every weight is tiny, num/den does not.
     const T den = o[dv * chunk + c];
-    const T inv = den > T(0) ? T(1) / den : T(0);
-    for (index_t e = 0; e < dv; ++e) out[c * so_i + e * so_d] = o[e * chunk + c] * inv;
+    for (index_t e = 0; e < dv; ++e) out[c * so_i + e * so_d] = den > T(0) ? o[e * chunk + c] / den : T(0);
   }
 }
 
@@ -344,31 +346,31 @@ void favor_token(const favor_weights<T>& w, favor_state<T>& st, index_t G, const
   using S1 = simd::batch<T, simd::scalar>;
   constexpr int W = B::size;
   const index_t mf = w.mf, mp = w.mpad, dv = st.dv;
-  T* x = ws.qt.data();      // one packed query or key [dk]
   T* phi = ws.phik.data();  // [mpad]
-  // phi = features of u = F x (the stabilizer c_new - norm for keys, max u for queries)
+  // phi = the features of x: u = F x accumulated as dk rows of F^T (no reductions), then the map.
   auto features = [&](const T* src, index_t sd, bool key) {
-    for (index_t p = 0; p < w.dk; ++p) x[p] = src[p * sd];
-    T mx = -std::numeric_limits<T>::infinity();
-    for (index_t f = 0; f < mf; ++f) {
-      phi[f] = dot<Arch>(w.f.data() + f * w.dk, x, w.dk);
-      mx = std::max(mx, phi[f]);
-    }
-    std::fill(phi + mf, phi + mp, T(0));
+    std::fill(phi, phi + mp, T(0));
+    for (index_t p = 0; p < w.dk; ++p) axpy<Arch>(mp, src[p * sd], w.ft.data() + p * mp, phi);
     if (!w.softmax()) {
       for (index_t f = 0; f < mf; ++f) phi[f] = std::max(phi[f], T(0)) + w.eps;
+      std::fill(phi + mf, phi + mp, T(0));
       return;
     }
+    B mxv = B::broadcast(-std::numeric_limits<T>::infinity());
+    index_t f = 0;
+    for (; f + W <= mf; f += W) mxv = max(mxv, B::load(phi + f));
+    T mx = reduce_max(mxv);
+    for (; f < mf; ++f) mx = std::max(mx, phi[f]);
     T shift = mx;
     if (key) {
-      const T nrm = w.norm_scale * dot<Arch>(x, x, w.dk);
+      const T nrm = w.norm_scale * squared_norm<Arch>(src, sd, w.dk);
       if (mx - nrm > st.c) st.rebase(mx - nrm);
       shift = st.c + nrm;
     }
-    index_t f = 0;
     const B sh = B::broadcast(shift);
-    for (; f + W <= mf; f += W) exp2_nonpositive(B::load(phi + f) - sh).store(phi + f);
+    for (f = 0; f + W <= mf; f += W) exp2_nonpositive(B::load(phi + f) - sh).store(phi + f);
     for (; f < mf; ++f) phi[f] = exp2_nonpositive(S1{phi[f] - shift}).v;
+    std::fill(phi + mf, phi + mp, T(0));
   };
   features(k, sk_d, true);
   T* s = st.s.data();
@@ -377,9 +379,8 @@ void favor_token(const favor_weights<T>& w, favor_state<T>& st, index_t G, const
   for (index_t g = 0; g < G; ++g) {
     features(q + g * sq_h, sq_d, false);
     const T den = dot<Arch>(s + dv * mp, phi, mf);
-    const T inv = den > T(0) ? T(1) / den : T(0);
     T* o = out + g * so_h;
-    for (index_t e = 0; e < dv; ++e) o[e * so_d] = dot<Arch>(s + e * mp, phi, mf) * inv;
+    for (index_t e = 0; e < dv; ++e) o[e * so_d] = den > T(0) ? dot<Arch>(s + e * mp, phi, mf) / den : T(0);
   }
 }
 
