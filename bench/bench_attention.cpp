@@ -52,21 +52,24 @@ int main(int argc, char** argv) {
                              smp);
     }
 
-  // Decode: one query per head against a 32768-token KV cache (33.5 MB of K and V per head, 268 MB
-  // in all); memory-bound, reported in us and as bytes of K and V streamed per second. Timed on
-  // whole calls (a sample of heads would be re-read from the cache hierarchy instead of memory).
-  for (int t : ab::config().threads) {
-    ab::attention_spec spec = ab::attention_spec::self(32768, 128, 8);
-    spec.Lq = 1;
-    ab::sampling smp;
-    smp.how = ab::slicing::none;
-    ab::attention_counters which;
-    which.dense = false;
-    which.kv_bytes = true;
-    ab::register_attention(ab::attention_name("decode", spec, t), spec, t, ab::full_attention_fn(), smp,
-                           which)
-        ->Unit(benchmark::kMicrosecond);
-  }
+  // Decode: one query per head against an Lk-token KV cache; memory-bound, reported in us and as
+  // bytes of K and V streamed per second. Timed on whole calls (a sample of heads would be re-read
+  // from the cache hierarchy instead of memory).
+  auto register_decode = [](index_t lk, index_t d) {
+    for (int t : ab::config().threads) {
+      ab::attention_spec spec = ab::attention_spec::self(lk, d, 8);
+      spec.Lq = 1;
+      ab::sampling smp;
+      smp.how = ab::slicing::none;
+      ab::attention_counters which;
+      which.dense = false;
+      which.kv_bytes = true;
+      ab::register_attention(ab::attention_name("decode", spec, t), spec, t, ab::full_attention_fn(), smp,
+                             which)
+          ->Unit(benchmark::kMicrosecond);
+    }
+  };
+  register_decode(32768, 128);  // 33.5 MB of K and V per head, 268 MB in all
 
   // FAVOR+ beside exact attention: the exact entries above cover d = 64 up to L = 16384 (where
   // FAVOR+ is measured too); FAVOR+ goes on to 65536, where exact attention would take minutes.
@@ -88,18 +91,7 @@ int main(int argc, char** argv) {
       }
 
   // Exact decode on the shape of favor_decode (one query against a 4096-token KV cache, d = 64).
-  for (int t : ab::config().threads) {
-    ab::attention_spec spec = ab::attention_spec::self(4096, 64, 8);
-    spec.Lq = 1;
-    ab::sampling smp;
-    smp.how = ab::slicing::none;
-    ab::attention_counters which;
-    which.dense = false;
-    which.kv_bytes = true;
-    ab::register_attention(ab::attention_name("decode", spec, t), spec, t, ab::full_attention_fn(), smp,
-                           which)
-        ->Unit(benchmark::kMicrosecond);
-  }
+  register_decode(4096, 64);
 
   // favor_decode: favor_decoder<float>::step (one token of every head: q [1, 8, 1, 64]) after a
   // 4096-token prefill (outside the timing; once per thread count, the decoder is kept). Every

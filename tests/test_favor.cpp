@@ -665,7 +665,7 @@ std::vector<double> kernel_estimates(const std::vector<std::vector<double>>& q,
 }  // namespace
 
 TEST_CASE("favor estimator: averaged over seeds, phi(q).phi(k) converges to exp(q.k/sqrt(d))",
-          "[favor][statistics]") {
+          "[favor][statistics][slow]") {
   // For one positive feature w ~ N(0, I) and x = q', y = k': Y = exp(w.(x+y) - |x|^2/2 - |y|^2/2),
   // E Y = exp(x.y), Var Y = exp(2 x.y) (exp(|x+y|^2) - 1) (Performer, Lemma 1). The mean over m
   // features and N seeds has sd sigma = sqrt(Var / (m N)) for i.i.d. features; orthogonal rows with
@@ -700,7 +700,7 @@ TEST_CASE("favor estimator: averaged over seeds, phi(q).phi(k) converges to exp(
 }
 
 TEST_CASE("favor estimator: orthogonal features have lower mean-squared error than i.i.d.",
-          "[favor][statistics]") {
+          "[favor][statistics][slow]") {
   const index_t d = 16, N = 400;
   const double scale = 1.0 / std::sqrt(double(d));
   const auto q = random_rows(6, d, 1.0, 3), k = random_rows(6, d, 1.0, 4);
