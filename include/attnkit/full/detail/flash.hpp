@@ -78,6 +78,107 @@ struct flash_workspace {
   }
 };
 
+/// One source of values for the product O^T += V_blk^T P^T: `rows` value dimensions read at
+/// ptr[j * sj + e * sd] for key j of the block (ptr points at the block's first key), written to
+/// the rows [row0, row0 + rows) of O^T. Two sources fill one O^T with two value matrices.
+template <class T>
+struct value_source {
+  const T* ptr;
+  index_t sj, sd, rows, row0;
+};
+
+/// Consumes one block of nk keys (key j0 + jj of the column block's numbering at kp + jj * sk_j)
+/// into the online softmax of the columns of cb: S^T = K_blk Q^T; `hook(st)` may then change the
+/// scaled logits (add a bias, set -inf where a key is hidden from a column) when hook_active;
+/// keys at or past a column's kend are hidden from it and never reach its output (not even NaN);
+/// O^T = O^T alpha + V_blk^T P^T for every value source.
+template <class Arch, class T, class Hook>
+void flash_step(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, const T* kp, index_t sk_j,
+                index_t sk_d, const value_source<T>* vs, int nvs, bool hook_active, Hook&& hook) {
+  using B = simd::batch<T, Arch>;
+  using tiling = flash_tiling<T, Arch>;
+  constexpr int W = B::size, NV = tiling::NV, MR = tiling::MR;
+  constexpr index_t Br = NV * W;
+  const bool masked = j0 + nk > cb.kmin;  // some column does not see every key of this block
+  // The new running max can come out of the product's epilogue only when every logit of the
+  // block is final and visible; otherwise a hidden key's logit must not move the shift.
+  const bool fused_max = !masked && !hook_active;
+  T* st = cb.st.data();
+  T* kend = cb.kend.data();
+  T* mnew = cb.mnew.data();
+  std::copy(cb.m.data(), cb.m.data() + Br, mnew);
+  tile_args<T> g1;
+  if (fused_max) g1.col_max = mnew;
+  // S^T = K_blk * Q^T
+  block_product<B, MR, NV, false, false, a_layout::unit_col>(nk, dk, kp, sk_j, sk_d, cb.qt.data(), Br, st, Br,
+                                                             g1);
+  if (hook_active) hook(st);
+  if (masked) {
+    const B ninf = B::broadcast(-std::numeric_limits<T>::infinity());
+    for (index_t jj = 0; jj < nk; ++jj) {
+      const B j = B::broadcast(static_cast<T>(j0 + jj));
+      for (int cv = 0; cv < NV; ++cv) {
+        T* sp = st + jj * Br + cv * W;
+        select(B::load(kend + cv * W) <= j, ninf, B::load(sp)).store(sp);  // invisible: key_end <= j
+      }
+    }
+  }
+  // Online softmax, one column batch at a time.
+  for (int cv = 0; cv < NV; ++cv) {
+    const index_t off = cv * W;
+    const B m_old = B::load(cb.m.data() + off);
+    B mx = B::load(mnew + off);
+    if (!fused_max) {
+      B m1 = mx, m2 = mx, m3 = mx;  // independent chains hide the latency of max
+      index_t jj = 0;
+      for (; jj + 4 <= nk; jj += 4) {
+        mx = max(mx, B::load(st + jj * Br + off));
+        m1 = max(m1, B::load(st + (jj + 1) * Br + off));
+        m2 = max(m2, B::load(st + (jj + 2) * Br + off));
+        m3 = max(m3, B::load(st + (jj + 3) * Br + off));
+      }
+      for (; jj < nk; ++jj) mx = max(mx, B::load(st + jj * Br + off));
+      mx = max(max(mx, m1), max(m2, m3));
+    }
+    const B sh = online_softmax_batch<B>::shift(mx);
+    B sum0 = B::zero(), sum1 = B::zero();
+    index_t jj = 0;
+    for (; jj + 2 <= nk; jj += 2) {
+      const B p0 = exp2_nonpositive(B::load(st + jj * Br + off) - sh);
+      const B p1 = exp2_nonpositive(B::load(st + (jj + 1) * Br + off) - sh);
+      p0.store(st + jj * Br + off);
+      p1.store(st + (jj + 1) * Br + off);
+      sum0 = sum0 + p0;
+      sum1 = sum1 + p1;
+    }
+    if (jj < nk) {
+      const B p0 = exp2_nonpositive(B::load(st + jj * Br + off) - sh);
+      p0.store(st + jj * Br + off);
+      sum0 = sum0 + p0;
+    }
+    const B alpha = exp2_nonpositive(m_old - sh);
+    alpha.store(cb.alpha.data() + off);
+    fma(B::load(cb.l.data() + off), alpha, sum0 + sum1).store(cb.l.data() + off);
+    mx.store(cb.m.data() + off);
+  }
+  // O^T = O^T * alpha + V_blk^T * P^T
+  tile_args<T> args;
+  args.col_scale = cb.alpha.data();
+  for (int i = 0; i < nvs; ++i) {
+    const value_source<T>& v = vs[i];
+    T* ot = cb.ot.data() + v.row0 * Br;
+    if (masked) {
+      args.col_limit = kend;
+      args.row_base = static_cast<T>(j0);
+      block_product<B, MR, NV, true, true, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot, Br,
+                                                               args);
+    } else {
+      block_product<B, MR, NV, true, false, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot, Br,
+                                                                args);
+    }
+  }
+}
+
 /// One task of the tiled kernel: the column blocks [col0, col0 + nblk * Br) of (b, hkv) (clipped
 /// to the columns that exist). The blocks advance through the key blocks together, so each block
 /// of K and V is brought into the cache once for all of them. Every column's arithmetic is the
@@ -154,86 +255,14 @@ class flash_task {
   void step(flash_columns<T>& cb, index_t b, index_t j0, const T* kb, const T* vb) const {
     constexpr T log2e = T(1.4426950408889634074);
     const index_t nk = std::min(Bc, cb.kmax - j0);
-    const bool masked = j0 + nk > cb.kmin;  // some column does not see every key of this block
-    // The new running max can come out of the product's epilogue only when every logit of the
-    // block is final and visible; otherwise a masked key's logit must not move the shift.
-    const bool fused_max = !masked && !bias_;
-    T* st = cb.st.data();
-    T* kend = cb.kend.data();
-    T* mnew = cb.mnew.data();
-    std::copy(cb.m.data(), cb.m.data() + Br, mnew);
-    tile_args<T> g1;
-    if (fused_max) g1.col_max = mnew;
-    // S^T = K_blk * Q^T
-    const index_t sk_j = k_.stride(2), sk_d = k_.stride(3);
-    block_product<B, MR, NV, false, false, a_layout::unit_col>(nk, s_.dk, kb + j0 * sk_j, sk_j, sk_d,
-                                                               cb.qt.data(), Br, st, Br, g1);
-    if (bias_) {
+    const value_source<T> vs{vb + j0 * v_.stride(2), v_.stride(2), v_.stride(3), s_.dv, 0};
+    auto add_bias = [&](T* st) {
       for (index_t jj = 0; jj < nk; ++jj)
         for (index_t c = 0; c < cb.ncols; ++c)
           st[jj * Br + c] += static_cast<T>(bias_(b, cb.col_head[c], cb.col_query[c], j0 + jj)) * log2e;
-    }
-    if (masked) {
-      const B ninf = B::broadcast(-std::numeric_limits<T>::infinity());
-      for (index_t jj = 0; jj < nk; ++jj) {
-        const B j = B::broadcast(static_cast<T>(j0 + jj));
-        for (int cv = 0; cv < NV; ++cv) {
-          T* sp = st + jj * Br + cv * W;
-          select(B::load(kend + cv * W) <= j, ninf, B::load(sp)).store(sp);  // invisible: key_end <= j
-        }
-      }
-    }
-    // Online softmax, one column batch at a time.
-    for (int cv = 0; cv < NV; ++cv) {
-      const index_t off = cv * W;
-      const B m_old = B::load(cb.m.data() + off);
-      B mx = B::load(mnew + off);
-      if (!fused_max) {
-        B m1 = mx, m2 = mx, m3 = mx;  // independent chains hide the latency of max
-        index_t jj = 0;
-        for (; jj + 4 <= nk; jj += 4) {
-          mx = max(mx, B::load(st + jj * Br + off));
-          m1 = max(m1, B::load(st + (jj + 1) * Br + off));
-          m2 = max(m2, B::load(st + (jj + 2) * Br + off));
-          m3 = max(m3, B::load(st + (jj + 3) * Br + off));
-        }
-        for (; jj < nk; ++jj) mx = max(mx, B::load(st + jj * Br + off));
-        mx = max(max(mx, m1), max(m2, m3));
-      }
-      const B sh = online_softmax_batch<B>::shift(mx);
-      B sum0 = B::zero(), sum1 = B::zero();
-      index_t jj = 0;
-      for (; jj + 2 <= nk; jj += 2) {
-        const B p0 = exp2_nonpositive(B::load(st + jj * Br + off) - sh);
-        const B p1 = exp2_nonpositive(B::load(st + (jj + 1) * Br + off) - sh);
-        p0.store(st + jj * Br + off);
-        p1.store(st + (jj + 1) * Br + off);
-        sum0 = sum0 + p0;
-        sum1 = sum1 + p1;
-      }
-      if (jj < nk) {
-        const B p0 = exp2_nonpositive(B::load(st + jj * Br + off) - sh);
-        p0.store(st + jj * Br + off);
-        sum0 = sum0 + p0;
-      }
-      const B alpha = exp2_nonpositive(m_old - sh);
-      alpha.store(cb.alpha.data() + off);
-      fma(B::load(cb.l.data() + off), alpha, sum0 + sum1).store(cb.l.data() + off);
-      mx.store(cb.m.data() + off);
-    }
-    // O^T = O^T * alpha + V_blk^T * P^T
-    const index_t sv_j = v_.stride(2), sv_d = v_.stride(3);
-    tile_args<T> args;
-    args.col_scale = cb.alpha.data();
-    if (masked) {
-      args.col_limit = kend;
-      args.row_base = static_cast<T>(j0);
-      block_product<B, MR, NV, true, true, a_layout::unit_row>(s_.dv, nk, vb + j0 * sv_j, sv_d, sv_j, st, Br,
-                                                               cb.ot.data(), Br, args);
-    } else {
-      block_product<B, MR, NV, true, false, a_layout::unit_row>(s_.dv, nk, vb + j0 * sv_j, sv_d, sv_j, st, Br,
-                                                                cb.ot.data(), Br, args);
-    }
+    };
+    flash_step<Arch>(cb, s_.dk, j0, nk, kb + j0 * k_.stride(2), k_.stride(2), k_.stride(3), &vs, 1,
+                     static_cast<bool>(bias_), add_bias);
   }
 
   /// out = O / l; a column that saw no key gets zeros.

@@ -1,0 +1,256 @@
+// attnkit: the Combiner engine. Every plan runs on two pieces:
+//
+// * combiner_block: one online softmax over up to Br columns (queries, or summary queries) and a
+//   panel of augmented keys, given as runs (rows of K and V read in place through their strides, or
+//   summary rows, or rows gathered into scratch). Column c sees the panel rows [0, kend[c]) (rows
+//   past it are never read into its output, not even NaN), minus the rows whose mask bit c is
+//   clear. The block products and the online softmax are the exact-attention kernel's
+//   (full/detail/flash.hpp: flash_step). A column's state (m, l, O) can be saved and loaded, so a
+//   query's augmented keys may be consumed in several passes with differently grouped columns.
+// * pooled_summary: the summary (k~, e) of one group whose summary query and key are pooled
+//   from its members: e = sum_j softmax_j(scale q~ . k_j) v_j, one matrix-vector pass per group.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "../../core/attention_args.hpp"
+#include "../../core/math.hpp"
+#include "../../full/detail/flash.hpp"
+#include "../options.hpp"
+
+ATTNKIT_BEGIN_NAMESPACE
+namespace detail {
+
+/// Rows of a matrix: element (i, e) at base[i * si + e * se].
+template <class T>
+struct row_view {
+  T* base = nullptr;
+  index_t si = 0, se = 1;
+  T* row(index_t i) const { return base + i * si; }
+};
+
+/// One run of panel rows: keys at k + r * sk_j + p * sk_d, values from up to two sources.
+template <class T>
+struct panel_run {
+  const T* k;
+  index_t sk_j, sk_d;
+  value_source<T> v[2];
+  int nv;
+  index_t n;
+};
+
+template <class Arch, class T>
+class combiner_block {
+ public:
+  using B = simd::batch<T, Arch>;
+  static constexpr index_t Br = flash_tiling<T, Arch>::NV * B::size;
+  static constexpr index_t Bc = flash_tiling<T, Arch>::Bc;
+  static_assert(Br <= 64, "combiner_block: column masks are 64-bit");
+  static constexpr std::uint64_t all = Br == 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << Br) - 1;
+
+  /// dk: key dimension; dv: rows of O^T (the value dimensions of every source together).
+  combiner_block(index_t dk, index_t dv) : cb_(dk, dv, Br, Bc), dk_(dk), dv_(dv) {}
+
+  /// Starts ncols columns: column c's query is qrow(c)[p * qs] (scaled here by qscale), it sees the
+  /// panel rows [0, kend(c)). The panel and the masks start empty.
+  template <class Q, class E>
+  void begin(index_t ncols, Q&& qrow, index_t qs, T qscale, E&& kend) {
+    cb_.ncols = ncols;
+    cb_.kmin = std::numeric_limits<index_t>::max();
+    cb_.kmax = 0;
+    T* qt = cb_.qt.data();
+    for (index_t c = 0; c < Br; ++c) {
+      if (c < ncols) {
+        const index_t e = kend(c);
+        cb_.kend.data()[c] = static_cast<T>(e);
+        cb_.kmin = std::min(cb_.kmin, e);
+        cb_.kmax = std::max(cb_.kmax, e);
+        const T* qr = qrow(c);
+        for (index_t p = 0; p < dk_; ++p) qt[p * Br + c] = qr[p * qs] * qscale;
+      } else {
+        cb_.kend.data()[c] = T(0);
+        for (index_t p = 0; p < dk_; ++p) qt[p * Br + c] = T(0);
+      }
+    }
+    if (ncols == 0) cb_.kmin = 0;
+    std::fill(cb_.m.data(), cb_.m.data() + Br, -std::numeric_limits<T>::infinity());
+    std::fill(cb_.l.data(), cb_.l.data() + Br, T(0));
+    std::fill(cb_.ot.data(), cb_.ot.data() + dv_ * Br, T(0));
+    runs_.clear();
+    masks_.clear();
+    rows_ = 0;
+  }
+
+  /// Appends n panel rows; returns the panel index of the first.
+  index_t add(const T* k, index_t sk_j, index_t sk_d, value_source<T> v0, index_t n) {
+    return add2(k, sk_j, sk_d, v0, v0, 1, n);
+  }
+  index_t add2(const T* k, index_t sk_j, index_t sk_d, value_source<T> v0, value_source<T> v1, int nv,
+               index_t n) {
+    const index_t first = rows_;
+    if (n > 0) {
+      runs_.push_back(panel_run<T>{k, sk_j, sk_d, {v0, v1}, nv, n});
+      rows_ += n;
+      if (!masks_.empty()) masks_.resize(static_cast<std::size_t>(rows_), all);
+    }
+    return first;
+  }
+  index_t rows() const { return rows_; }
+
+  /// Hides panel row r from the columns whose bit is clear in `bits`.
+  void restrict_row(index_t r, std::uint64_t bits) {
+    if (masks_.empty()) masks_.assign(static_cast<std::size_t>(rows_), all);
+    masks_[static_cast<std::size_t>(r)] &= bits;
+  }
+
+  /// Continues column c from a saved state of n value rows (after begin, before run).
+  void load(index_t c, index_t n, const T* o, T m, T l) {
+    for (index_t e = 0; e < n; ++e) cb_.ot.data()[e * Br + c] = o[e];
+    cb_.m.data()[c] = m;
+    cb_.l.data()[c] = l;
+  }
+
+  /// Consumes the panel.
+  void run() {
+    index_t base = 0;
+    for (const panel_run<T>& r : runs_) {
+      for (index_t o = 0; o < r.n && base + o < cb_.kmax; o += Bc) {
+        const index_t j0 = base + o;
+        const index_t nk = std::min({Bc, r.n - o, cb_.kmax - j0});
+        value_source<T> vs[2] = {r.v[0], r.v[1]};
+        for (int i = 0; i < r.nv; ++i) vs[i].ptr += o * vs[i].sj;
+        bool hidden = false;
+        if (!masks_.empty())
+          for (index_t jj = 0; jj < nk && !hidden; ++jj) hidden = masks_[static_cast<std::size_t>(j0 + jj)] != all;
+        auto hide = [&](T* st) {
+          const T ninf = -std::numeric_limits<T>::infinity();
+          for (index_t jj = 0; jj < nk; ++jj) {
+            const std::uint64_t bits = masks_[static_cast<std::size_t>(j0 + jj)];
+            if (bits == all) continue;
+            for (index_t c = 0; c < cb_.ncols; ++c)
+              if (!((bits >> c) & 1u)) st[jj * Br + c] = ninf;
+          }
+        };
+        flash_step<Arch>(cb_, dk_, j0, nk, r.k + o * r.sk_j, r.sk_j, r.sk_d, vs, r.nv, hidden, hide);
+      }
+      base += r.n;
+    }
+  }
+
+  /// Saves column c's state: o[e] (e < n value rows), m, l.
+  void save(index_t c, index_t n, T* o, T& m, T& l) const {
+    for (index_t e = 0; e < n; ++e) o[e] = cb_.ot.data()[e * Br + c];
+    m = cb_.m.data()[c];
+    l = cb_.l.data()[c];
+  }
+
+  /// Writes column c's normalized output rows [e0, e0 + n) to dst[(e - e0) * ds] (zeros when it saw nothing).
+  void finish(index_t c, index_t e0, index_t n, T* dst, index_t ds) const {
+    const T l = cb_.l.data()[c];
+    const T inv = l > T(0) ? T(1) / l : T(0);
+    for (index_t e = 0; e < n; ++e) dst[e * ds] = cb_.ot.data()[(e0 + e) * Br + c] * inv;
+  }
+
+ private:
+  flash_columns<T> cb_;
+  index_t dk_, dv_;
+  std::vector<panel_run<T>> runs_;
+  std::vector<std::uint64_t> masks_;
+  index_t rows_ = 0;
+};
+
+/// Saved online-softmax states of the L queries of one (batch, head) between passes.
+template <class T>
+struct combiner_states {
+  std::vector<T> o, m, l;
+  index_t dv = 0;
+  void resize(index_t L, index_t dv_) {
+    dv = dv_;
+    o.resize(static_cast<std::size_t>(L * dv));
+    m.resize(static_cast<std::size_t>(L));
+    l.resize(static_cast<std::size_t>(L));
+  }
+  template <class Arch>
+  void save(const combiner_block<Arch, T>& blk, index_t c, index_t i) {
+    blk.save(c, dv, o.data() + i * dv, m[static_cast<std::size_t>(i)], l[static_cast<std::size_t>(i)]);
+  }
+  template <class Arch>
+  void load(combiner_block<Arch, T>& blk, index_t c, index_t i) const {
+    blk.load(c, dv, o.data() + i * dv, m[static_cast<std::size_t>(i)], l[static_cast<std::size_t>(i)]);
+  }
+};
+
+/// Copies n elements src[p * stride] to dst.
+template <class T>
+inline void copy_strided(const T* src, index_t stride, index_t n, T* dst) {
+  if (stride == 1)
+    std::copy(src, src + n, dst);
+  else
+    for (index_t p = 0; p < n; ++p) dst[p] = src[p * stride];
+}
+
+/// Scratch of pooled_summary.
+template <class T>
+struct summary_scratch {
+  std::vector<T> kc, vc, qp, logits;
+};
+
+/// One pooled group of (batch b, head h): members[0..n) (key positions). Writes the pooled key to
+/// ks[0..dk) and the local expectation e = sum_j softmax_j(scale q~ . k_j) v_j to es[0..dv), where
+/// q~ and k~ pool the members' queries (head h) and keys (its kv head) by max or mean.
+template <class Arch, class T>
+void pooled_summary(const tensor_view<const T, 4>& q, const tensor_view<const T, 4>& k,
+                    const tensor_view<const T, 4>& v, index_t b, index_t h, index_t hkv, const index_t* members,
+                    index_t n, combiner_pooling pooling, T scale, T* ks, T* es, summary_scratch<T>& w) {
+  const index_t dk = k.extent(3), dv = v.extent(3);
+  w.kc.resize(static_cast<std::size_t>(n * dk));
+  w.vc.resize(static_cast<std::size_t>(n * dv));
+  w.qp.resize(static_cast<std::size_t>(dk));
+  w.logits.resize(static_cast<std::size_t>(n));
+  T* kc = w.kc.data();
+  T* qp = w.qp.data();
+  for (index_t t = 0; t < n; ++t) {
+    const index_t j = members[t];
+    copy_strided(k.ptr(b, hkv, j, 0), k.stride(3), dk, kc + t * dk);
+    copy_strided(v.ptr(b, hkv, j, 0), v.stride(3), dv, w.vc.data() + t * dv);
+  }
+  // pooled key and query
+  const bool mx = pooling == combiner_pooling::max;
+  std::copy(kc, kc + dk, ks);
+  for (index_t t = 1; t < n; ++t)
+    for (index_t p = 0; p < dk; ++p) ks[p] = mx ? std::max(ks[p], kc[t * dk + p]) : ks[p] + kc[t * dk + p];
+  copy_strided(q.ptr(b, h, members[0], 0), q.stride(3), dk, qp);
+  for (index_t t = 1; t < n; ++t) {
+    const T* qr = q.ptr(b, h, members[t], 0);
+    const index_t qs = q.stride(3);
+    for (index_t p = 0; p < dk; ++p) qp[p] = mx ? std::max(qp[p], qr[p * qs]) : qp[p] + qr[p * qs];
+  }
+  if (!mx) {
+    const T inv = T(1) / static_cast<T>(n);
+    for (index_t p = 0; p < dk; ++p) {
+      ks[p] *= inv;
+      qp[p] *= inv;
+    }
+  }
+  // e = softmax-weighted values
+  T m = -std::numeric_limits<T>::infinity();
+  for (index_t t = 0; t < n; ++t) {
+    w.logits[static_cast<std::size_t>(t)] = scale * dot<Arch>(qp, kc + t * dk, dk);
+    m = std::max(m, w.logits[static_cast<std::size_t>(t)]);
+  }
+  std::fill(es, es + dv, T(0));
+  T sum = 0;
+  for (index_t t = 0; t < n; ++t) {
+    const T p = exp_scalar(w.logits[static_cast<std::size_t>(t)] - m);
+    sum += p;
+    axpy<Arch>(dv, p, w.vc.data() + t * dv, es);
+  }
+  const T inv = T(1) / sum;
+  for (index_t e = 0; e < dv; ++e) es[e] *= inv;
+}
+
+}  // namespace detail
+ATTNKIT_END_NAMESPACE
