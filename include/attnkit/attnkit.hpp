@@ -1,6 +1,11 @@
 // attnkit: umbrella header (public headers only).
 #pragma once
 
+#include "combiner/attention.hpp"
+#include "combiner/clusters.hpp"
+#include "combiner/options.hpp"
+#include "combiner/probabilities.hpp"
+#include "combiner/spec.hpp"
 #include "core/check.hpp"
 #include "core/config.hpp"
 #include "core/mask.hpp"
@@ -10,11 +15,6 @@
 #include "core/simd.hpp"
 #include "core/softmax.hpp"
 #include "core/tensor.hpp"
-#include "combiner/attention.hpp"
-#include "combiner/clusters.hpp"
-#include "combiner/options.hpp"
-#include "combiner/probabilities.hpp"
-#include "combiner/spec.hpp"
 #include "favor/attention.hpp"
 #include "favor/decoder.hpp"
 #include "favor/features.hpp"

@@ -29,10 +29,11 @@ ATTNKIT_BEGIN_NAMESPACE
 template <class Arch = simd::native, class T, class Plan>
 void combiner_attention(tensor_view<const detail::identity_t<T>, 4> q,
                         tensor_view<const detail::identity_t<T>, 4> k,
-                        tensor_view<const detail::identity_t<T>, 4> v, tensor_view<T, 4> out, const Plan& plan,
-                        const combiner_options& options = {}) {
+                        tensor_view<const detail::identity_t<T>, 4> v, tensor_view<T, 4> out,
+                        const Plan& plan, const combiner_options& options = {}) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "combiner_attention: float or double");
-  static_assert(detail::is_combiner_plan<Plan>, "combiner_attention: plan is combiner::fixed, logsparse, axial or learnable");
+  static_assert(detail::is_combiner_plan<Plan>,
+                "combiner_attention: plan is combiner::fixed, logsparse, axial or learnable");
   constexpr const char* where = "attnkit::combiner_attention";
   const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out);
   const detail::combiner_call call = detail::check_combiner(where, s, k, plan, options);
@@ -46,7 +47,8 @@ void combiner_attention(tensor_view<const detail::identity_t<T>, 4> q,
   if constexpr (std::is_same_v<Plan, combiner::learnable>) {
     ids.resize(static_cast<std::size_t>(s.B * s.Hkv));
     parallel_for(s.B * s.Hkv, resolve_threads(options.threads, s.B * s.Hkv), [&](index_t t, int) {
-      detail::combiner_ids<Arch>(plan, k, t / s.Hkv, t % s.Hkv, len_of(t / s.Hkv), ids[static_cast<std::size_t>(t)]);
+      detail::combiner_ids<Arch>(plan, k, t / s.Hkv, t % s.Hkv, len_of(t / s.Hkv),
+                                 ids[static_cast<std::size_t>(t)]);
     });
   }
   const int nt = resolve_threads(options.threads, s.B * s.H);
@@ -57,8 +59,18 @@ void combiner_attention(tensor_view<const detail::identity_t<T>, 4> q,
     const index_t b = task / s.H, h = task % s.H;
     auto& w = ws[static_cast<std::size_t>(thread)];
     const detail::row_view<T> dst{out.ptr(b, h, 0, 0), out.stride(2), out.stride(3)};
-    detail::combiner_head<T> hd{s,      q,        k,           v,   dst, b, h, h / G, len_of(b), call.causal,
-                                options.pooling, static_cast<T>(call.scale),
+    detail::combiner_head<T> hd{s,
+                                q,
+                                k,
+                                v,
+                                dst,
+                                b,
+                                h,
+                                h / G,
+                                len_of(b),
+                                call.causal,
+                                options.pooling,
+                                static_cast<T>(call.scale),
                                 static_cast<T>(call.scale * 1.4426950408889634074)};
     if constexpr (std::is_same_v<Plan, combiner::fixed>) {
       detail::combiner_fixed(hd, call.span, w);

@@ -18,12 +18,14 @@ ATTNKIT_BEGIN_NAMESPACE
 namespace detail {
 
 /// Checks centroids [1 or Hkv, C >= 1, dk] (finite, non-null).
-inline void check_centroids(const tensor_view<const float, 3>& mu, index_t Hkv, index_t dk, const char* where) {
+inline void check_centroids(const tensor_view<const float, 3>& mu, index_t Hkv, index_t dk,
+                            const char* where) {
   require(mu.data() != nullptr && (mu.extent(0) == 1 || mu.extent(0) == Hkv) && mu.extent(1) >= 1 &&
               mu.extent(2) == dk,
           where, [&] {
-            return std::string("centroids have shape " + shape_string(mu.extents()) + ", expected [1 or Hkv=" +
-                               std::to_string(Hkv) + ", clusters >= 1, dk=" + std::to_string(dk) + "]");
+            return std::string("centroids have shape " + shape_string(mu.extents()) +
+                               ", expected [1 or Hkv=" + std::to_string(Hkv) +
+                               ", clusters >= 1, dk=" + std::to_string(dk) + "]");
           });
   for (index_t h = 0; h < mu.extent(0); ++h)
     for (index_t c = 0; c < mu.extent(1); ++c)
@@ -48,7 +50,8 @@ void route_clusters(const tensor_view<const T, 4>& k, index_t b, index_t hkv, in
   const index_t cpad = (C + Bn - 1) / Bn * Bn;
   std::vector<T> mt(static_cast<std::size_t>(dk * cpad), T(0));  // mu^T [dk, cpad]
   for (index_t c = 0; c < C; ++c)
-    for (index_t p = 0; p < dk; ++p) mt[static_cast<std::size_t>(p * cpad + c)] = static_cast<T>(mu(hm, c, p));
+    for (index_t p = 0; p < dk; ++p)
+      mt[static_cast<std::size_t>(p * cpad + c)] = static_cast<T>(mu(hm, c, p));
   id.assign(static_cast<std::size_t>(L), -1);
   constexpr index_t R = 64;
   std::vector<T> sc(static_cast<std::size_t>(R * Bn));
@@ -102,13 +105,13 @@ tensor<std::int32_t, 3> assign_clusters(tensor_view<const T, 4> k, tensor_view<c
 /// rounds of: route each key to argmax_c k . mu_c, set mu_c to the normalized mean of its keys (an
 /// empty cluster takes a key drawn at random). Returns [Hkv, clusters, dk]; deterministic for a seed.
 template <class Arch = simd::native, class T>
-tensor<float, 3> kmeans(tensor_view<const T, 4> k, index_t clusters, int iterations = 10, std::uint64_t seed = 0,
-                        const mask& m = {}) {
+tensor<float, 3> kmeans(tensor_view<const T, 4> k, index_t clusters, int iterations = 10,
+                        std::uint64_t seed = 0, const mask& m = {}) {
   constexpr const char* where = "attnkit::combiner::kmeans";
   detail::require_data(k, where, "k");
   detail::require(clusters >= 1 && iterations >= 0, where, [&] {
-    return std::string("clusters = " + std::to_string(clusters) + ", iterations = " + std::to_string(iterations) +
-                       " (need clusters >= 1, iterations >= 0)");
+    return std::string("clusters = " + std::to_string(clusters) + ", iterations = " +
+                       std::to_string(iterations) + " (need clusters >= 1, iterations >= 0)");
   });
   detail::check_mask(m, where, k.extent(0), k.extent(1), k.extent(2), k.extent(2), false);
   const index_t Bn = k.extent(0), H = k.extent(1), L = k.extent(2), dk = k.extent(3);
@@ -123,9 +126,11 @@ tensor<float, 3> kmeans(tensor_view<const T, 4> k, index_t clusters, int iterati
   auto set_from_key = [&](index_t h, index_t c) {
     const auto& bj = keys[static_cast<std::size_t>(rng.below(keys.size()))];
     double nrm = 0;
-    for (index_t p = 0; p < dk; ++p) nrm += double(k(bj.first, h, bj.second, p)) * double(k(bj.first, h, bj.second, p));
+    for (index_t p = 0; p < dk; ++p)
+      nrm += double(k(bj.first, h, bj.second, p)) * double(k(bj.first, h, bj.second, p));
     const double inv = nrm > 0 ? 1 / std::sqrt(nrm) : 1;
-    for (index_t p = 0; p < dk; ++p) mu(h, c, p) = static_cast<float>(double(k(bj.first, h, bj.second, p)) * inv);
+    for (index_t p = 0; p < dk; ++p)
+      mu(h, c, p) = static_cast<float>(double(k(bj.first, h, bj.second, p)) * inv);
   };
   std::vector<std::int32_t> id;
   std::vector<double> acc(static_cast<std::size_t>(clusters * dk));
@@ -142,7 +147,8 @@ tensor<float, 3> kmeans(tensor_view<const T, 4> k, index_t clusters, int iterati
         for (index_t j = 0; j < len; ++j) {
           const auto c = static_cast<std::size_t>(id[static_cast<std::size_t>(j)]);
           ++cnt[c];
-          for (index_t p = 0; p < dk; ++p) acc[c * static_cast<std::size_t>(dk) + static_cast<std::size_t>(p)] += k(b, h, j, p);
+          for (index_t p = 0; p < dk; ++p)
+            acc[c * static_cast<std::size_t>(dk) + static_cast<std::size_t>(p)] += k(b, h, j, p);
         }
       }
       for (index_t c = 0; c < clusters; ++c) {
@@ -151,9 +157,11 @@ tensor<float, 3> kmeans(tensor_view<const T, 4> k, index_t clusters, int iterati
           continue;
         }
         double nrm = 0;
-        for (index_t p = 0; p < dk; ++p) nrm += acc[static_cast<std::size_t>(c * dk + p)] * acc[static_cast<std::size_t>(c * dk + p)];
+        for (index_t p = 0; p < dk; ++p)
+          nrm += acc[static_cast<std::size_t>(c * dk + p)] * acc[static_cast<std::size_t>(c * dk + p)];
         const double inv = nrm > 0 ? 1 / std::sqrt(nrm) : 0;
-        for (index_t p = 0; p < dk; ++p) mu(h, c, p) = static_cast<float>(acc[static_cast<std::size_t>(c * dk + p)] * inv);
+        for (index_t p = 0; p < dk; ++p)
+          mu(h, c, p) = static_cast<float>(acc[static_cast<std::size_t>(c * dk + p)] * inv);
       }
     }
   }

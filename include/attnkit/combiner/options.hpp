@@ -13,11 +13,12 @@ enum class combiner_pooling { max, mean };
 
 /// Options of combiner_attention and combiner_probabilities.
 struct combiner_options {
-  bool causal = false;                        ///< query i sees keys j <= i (same as mask.causal top_left)
-  combiner_pooling pooling = combiner_pooling::max;  ///< summary query/key of fixed, logsparse, learnable groups
-  attnkit::mask mask{};                       ///< key_lengths (no bias: Combiner cannot honour one)
-  double scale = 0.0;                         ///< logit scale; 0 means 1/sqrt(dk)
-  int threads = 0;                            ///< 0: all available threads
+  bool causal = false;  ///< query i sees keys j <= i (same as mask.causal top_left)
+  combiner_pooling pooling =
+      combiner_pooling::max;  ///< summary query/key of fixed, logsparse, learnable groups
+  attnkit::mask mask{};       ///< key_lengths (no bias: Combiner cannot honour one)
+  double scale = 0.0;         ///< logit scale; 0 means 1/sqrt(dk)
+  int threads = 0;            ///< 0: all available threads
 };
 
 namespace combiner {
@@ -50,8 +51,8 @@ struct axial {
 /// cluster; earlier segments (minus the own cluster) through their summaries. Padding positions
 /// (j >= key_lengths[b]) belong to no cluster.
 struct learnable {
-  tensor_view<const float, 3> centroids{};             ///< [1 or Hkv, clusters, dk]
-  tensor_view<const std::int32_t, 3> cluster_ids{};    ///< [1 or B, 1 or Hkv, L], values in [0, L)
+  tensor_view<const float, 3> centroids{};           ///< [1 or Hkv, clusters, dk]
+  tensor_view<const std::int32_t, 3> cluster_ids{};  ///< [1 or B, 1 or Hkv, L], values in [0, L)
   std::int64_t span = 0;
 };
 

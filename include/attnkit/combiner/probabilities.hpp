@@ -20,9 +20,9 @@ namespace detail {
 /// q~ and k~ pool the members' queries and keys (max or mean), or, for an anchored group, q~ is the
 /// anchor's query and k~ = sum_t softmax_t(scale q~ . k_t) k_t.
 template <class T>
-void combiner_row(const combiner_sets& sets, const tensor_view<const T, 4>& q, const tensor_view<const T, 4>& k,
-                  index_t b, index_t h, index_t hkv, index_t i, double scale, combiner_pooling pooling,
-                  double weight, double* prow) {
+void combiner_row(const combiner_sets& sets, const tensor_view<const T, 4>& q,
+                  const tensor_view<const T, 4>& k, index_t b, index_t h, index_t hkv, index_t i,
+                  double scale, combiner_pooling pooling, double weight, double* prow) {
   const index_t dk = q.extent(3);
   auto qd = [&](index_t j, index_t p) { return static_cast<double>(q(b, h, j, p)); };
   auto kd = [&](index_t j, index_t p) { return static_cast<double>(k(b, hkv, j, p)); };
@@ -64,7 +64,8 @@ void combiner_row(const combiner_sets& sets, const tensor_view<const T, 4>& q, c
     if (g.anchor >= 0) {
       for (index_t p = 0; p < dk; ++p) {
         double a = 0;
-        for (index_t t = 0; t < n; ++t) a += w[static_cast<std::size_t>(t)] * kd(g.members[static_cast<std::size_t>(t)], p);
+        for (index_t t = 0; t < n; ++t)
+          a += w[static_cast<std::size_t>(t)] * kd(g.members[static_cast<std::size_t>(t)], p);
         kt[static_cast<std::size_t>(p)] = a;
       }
     }
@@ -95,8 +96,10 @@ void combiner_row(const combiner_sets& sets, const tensor_view<const T, 4>& q, c
 template <class Arch = simd::native, class T, class Plan>
 tensor<T, 4> combiner_probabilities(tensor_view<const T, 4> q, tensor_view<const T, 4> k, const Plan& plan,
                                     const combiner_options& options = {}) {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "combiner_probabilities: float or double");
-  static_assert(detail::is_combiner_plan<Plan>, "combiner_probabilities: plan is combiner::fixed, logsparse, axial or learnable");
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "combiner_probabilities: float or double");
+  static_assert(detail::is_combiner_plan<Plan>,
+                "combiner_probabilities: plan is combiner::fixed, logsparse, axial or learnable");
   constexpr const char* where = "attnkit::combiner_probabilities";
   const tensor_view<const T, 4> v0(k.data(), {k.extent(0), k.extent(1), k.extent(2), 0}, k.strides());
   tensor_view<T, 4> o0(nullptr, {q.extent(0), q.extent(1), q.extent(2), 0}, {0, 0, 0, 0});
@@ -110,7 +113,8 @@ tensor<T, 4> combiner_probabilities(tensor_view<const T, 4> q, tensor_view<const
     const index_t len = options.mask.key_lengths ? static_cast<index_t>(options.mask.key_lengths(b)) : L;
     for (index_t h = 0; h < s.H; ++h) {
       const index_t hkv = h / G;
-      if constexpr (std::is_same_v<Plan, combiner::learnable>) detail::combiner_ids<Arch>(plan, k, b, hkv, len, id);
+      if constexpr (std::is_same_v<Plan, combiner::learnable>)
+        detail::combiner_ids<Arch>(plan, k, b, hkv, len, id);
       for (index_t i = 0; i < L; ++i) {
         std::fill(row.begin(), row.end(), 0.0);
         auto add = [&](const detail::combiner_sets& sets, double weight) {

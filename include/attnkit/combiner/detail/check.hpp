@@ -36,25 +36,29 @@ combiner_call check_combiner(const char* where, const attention_shape& s, const 
   c.scale = resolve_scale(o.scale, s.dk, where);
   c.causal = o.causal || o.mask.causal != causal_mode::none;
   require(s.Lq == s.Lk, where, [&] {
-    return std::string("Combiner is self-attention: needs Lq == Lk (a plan pools each group's queries and keys), "
-                       "got Lq = " + std::to_string(s.Lq) + " and Lk = " + std::to_string(s.Lk));
+    return std::string(
+        "Combiner is self-attention: needs Lq == Lk (a plan pools each group's queries and keys), "
+        "got Lq = " +
+        std::to_string(s.Lq) + " and Lk = " + std::to_string(s.Lk));
   });
   require(o.pooling == combiner_pooling::max || o.pooling == combiner_pooling::mean, where,
           "options.pooling is not a combiner_pooling value");
   const index_t L = s.Lq;
   c.span = combiner_default_span(L);
   if constexpr (std::is_same_v<Plan, combiner::fixed> || std::is_same_v<Plan, combiner::learnable>) {
-    require(plan.span >= 0, where,
-            [&] { return std::string("span = " + std::to_string(plan.span) + " (0: ceil(sqrt(L)), else >= 1)"); });
+    require(plan.span >= 0, where, [&] {
+      return std::string("span = " + std::to_string(plan.span) + " (0: ceil(sqrt(L)), else >= 1)");
+    });
     if (plan.span > 0) c.span = static_cast<index_t>(plan.span);
   }
   if constexpr (std::is_same_v<Plan, combiner::axial>) {
     require(plan.rows >= 0 && plan.cols >= 0 && plan.rows * plan.cols == L, where, [&] {
-      return std::string("axial plan has rows = " + std::to_string(plan.rows) + " and cols = " +
-                         std::to_string(plan.cols) + ": rows * cols must equal the sequence length L = " +
-                         std::to_string(L));
+      return std::string("axial plan has rows = " + std::to_string(plan.rows) +
+                         " and cols = " + std::to_string(plan.cols) +
+                         ": rows * cols must equal the sequence length L = " + std::to_string(L));
     });
-    require(plan.order == combiner::axial_order::row_major || plan.order == combiner::axial_order::col_major ||
+    require(plan.order == combiner::axial_order::row_major ||
+                plan.order == combiner::axial_order::col_major ||
                 plan.order == combiner::axial_order::mixture,
             where, "axial plan order is not an axial_order value");
   }
@@ -69,17 +73,17 @@ combiner_call check_combiner(const char* where, const attention_shape& s, const 
       require((id.extent(0) == 1 || id.extent(0) == s.B) && (id.extent(1) == 1 || id.extent(1) == s.Hkv) &&
                   id.extent(2) == L,
               where, [&] {
-                return std::string("cluster_ids have shape " + shape_string(id.extents()) + ", expected [1 or B=" +
-                                   std::to_string(s.B) + ", 1 or Hkv=" + std::to_string(s.Hkv) +
-                                   ", L=" + std::to_string(L) + "]");
+                return std::string("cluster_ids have shape " + shape_string(id.extents()) +
+                                   ", expected [1 or B=" + std::to_string(s.B) +
+                                   ", 1 or Hkv=" + std::to_string(s.Hkv) + ", L=" + std::to_string(L) + "]");
               });
       for (index_t b = 0; b < id.extent(0); ++b)
         for (index_t h = 0; h < id.extent(1); ++h)
           for (index_t j = 0; j < L; ++j)
             require(id(b, h, j) >= 0 && id(b, h, j) < std::max<index_t>(L, 1), where, [&] {
               return std::string("cluster_ids[" + std::to_string(b) + ", " + std::to_string(h) + ", " +
-                                 std::to_string(j) + "] = " + std::to_string(id(b, h, j)) + " is outside [0, L = " +
-                                 std::to_string(L) + ")");
+                                 std::to_string(j) + "] = " + std::to_string(id(b, h, j)) +
+                                 " is outside [0, L = " + std::to_string(L) + ")");
             });
     }
   }

@@ -58,7 +58,8 @@ struct combiner_head {
   /// Starts a block over the queries qi(c), c < n.
   template <class Arch, class Qi, class E>
   void begin(combiner_block<Arch, T>& blk, index_t n, Qi&& qi, E&& kend) const {
-    blk.begin(n, [&](index_t c) { return qrow(qi(c)); }, qs(), qscale, kend);
+    blk.begin(
+        n, [&](index_t c) { return qrow(qi(c)); }, qs(), qscale, kend);
   }
   template <class Arch>
   void finish(const combiner_block<Arch, T>& blk, index_t c, index_t i) const {
@@ -67,7 +68,9 @@ struct combiner_head {
 };
 
 /// Keys of query i in a causal prefix of the keys [j0, j0 + n): min(max(i + 1 - j0, 0), n).
-inline index_t causal_count(index_t i, index_t j0, index_t n) { return std::clamp<index_t>(i + 1 - j0, 0, n); }
+inline index_t causal_count(index_t i, index_t j0, index_t n) {
+  return std::clamp<index_t>(i + 1 - j0, 0, n);
+}
 
 // ---------------------------------------------------------------------------------------------
 // fixed(span)
@@ -92,8 +95,9 @@ void combiner_fixed(const combiner_head<T>& hd, index_t span, combiner_workspace
     for (index_t i0 = j0; i0 < j1; i0 += Br) {
       const index_t n = std::min(Br, j1 - i0);
       const index_t total = hd.causal ? before + nd : nvs - (a < nvs ? 1 : 0) + nd;
-      hd.begin(blk, n, [&](index_t c) { return i0 + c; },
-               [&](index_t c) { return hd.causal ? before + causal_count(i0 + c, j0, nd) : total; });
+      hd.begin(
+          blk, n, [&](index_t c) { return i0 + c; },
+          [&](index_t c) { return hd.causal ? before + causal_count(i0 + c, j0, nd) : total; });
       hd.add_summaries(blk, w.ks.data(), w.es.data(), 0, before);
       if (!hd.causal && a + 1 < nvs) hd.add_summaries(blk, w.ks.data(), w.es.data(), a + 1, nvs - a - 1);
       hd.add_keys(blk, j0, nd);
@@ -131,15 +135,52 @@ void combiner_logsparse(const combiner_head<T>& hd, combiner_workspace<Arch, T>&
   const index_t nl = di.levels();
   w.ks.resize(static_cast<std::size_t>(di.total() * dk));
   w.es.resize(static_cast<std::size_t>(di.total() * dv));
-  w.idx.resize(static_cast<std::size_t>(std::max<index_t>(len, 1)));
+  // Pooled queries and keys level by level, each block from its two halves; then each block's
+  // local expectation over its keys (causal plans use the blocks of even index only).
+  w.pk.resize(static_cast<std::size_t>(di.total() * dk));  // pooled queries
+  const bool mx = hd.pooling == combiner_pooling::max;
   for (index_t l = 0; l < nl; ++l) {
     const index_t c = index_t(1) << l;
     for (index_t t = 0; t * c < len; ++t) {
-      if (hd.causal && t % 2 == 1) continue;  // causal plans use the blocks of even index only
-      const index_t j0 = t * c, n = std::min(len, j0 + c) - j0, g = di.offset[l] + t;
-      std::iota(w.idx.begin(), w.idx.begin() + n, j0);
-      pooled_summary<Arch>(hd.q, hd.k, hd.v, hd.b, hd.h, hd.hkv, w.idx.data(), n, hd.pooling, hd.scale,
-                           w.ks.data() + g * dk, w.es.data() + g * dv, w.sum);
+      const index_t j0 = t * c, n = std::min(len, j0 + c) - j0,
+                    g = di.offset[static_cast<std::size_t>(l)] + t;
+      T* qg = w.pk.data() + g * dk;
+      T* kg = w.ks.data() + g * dk;
+      if (l == 0) {
+        copy_strided(hd.qrow(j0), hd.qs(), dk, qg);
+        copy_strided(hd.k.ptr(hd.b, hd.hkv, j0, 0), hd.k.stride(3), dk, kg);
+      } else {
+        const index_t h0 = di.offset[static_cast<std::size_t>(l) - 1] + 2 * t, half = c / 2;
+        const index_t n0 = std::min(half, n), n1 = n - n0;
+        const T* q0 = w.pk.data() + h0 * dk;
+        const T* k0 = w.ks.data() + h0 * dk;
+        if (n1 == 0) {
+          std::copy(q0, q0 + dk, qg);
+          std::copy(k0, k0 + dk, kg);
+        } else if (mx) {
+          for (index_t p = 0; p < dk; ++p) {
+            qg[p] = std::max(q0[p], q0[dk + p]);
+            kg[p] = std::max(k0[p], k0[dk + p]);
+          }
+        } else {
+          const T a = static_cast<T>(n0) / static_cast<T>(n), bb = static_cast<T>(n1) / static_cast<T>(n);
+          for (index_t p = 0; p < dk; ++p) {
+            qg[p] = a * q0[p] + bb * q0[dk + p];
+            kg[p] = a * k0[p] + bb * k0[dk + p];
+          }
+        }
+      }
+    }
+    for (index_t t = 0; t * c < len; ++t) {
+      if (hd.causal && t % 2 == 1) continue;
+      const index_t j0 = t * c, n = std::min(len, j0 + c) - j0,
+                    g = di.offset[static_cast<std::size_t>(l)] + t;
+      if (n == 1) {
+        copy_strided(hd.v.ptr(hd.b, hd.hkv, j0, 0), hd.v.stride(3), dv, w.es.data() + g * dv);
+        continue;
+      }
+      range_expectation<Arch>(hd.k, hd.v, hd.b, hd.hkv, j0, n, w.pk.data() + g * dk, hd.scale,
+                              w.es.data() + g * dv, w.sum);
     }
   }
   // One block of P aligned queries: the groups of levels c >= P are shared by all of them (gathered
@@ -148,71 +189,85 @@ void combiner_logsparse(const combiner_head<T>& hd, combiner_workspace<Arch, T>&
   struct entry {
     index_t end, level, t;  // level < 0: direct key t
   };
-  std::vector<entry> shared, inner;
+  // The in-block entries of the block at i0 (n queries, keys below len): sorted by end, with
+  // the columns that see each and the number each column sees (causal prefix).
+  struct inner_set {
+    std::vector<entry> e;
+    std::vector<std::uint64_t> bits;
+    std::vector<index_t> count;
+  };
+  auto build_inner = [&](index_t i0, index_t n, inner_set& in) {
+    in.e.clear();
+    for (index_t l = 0; l < nl && (index_t(1) << l) < P; ++l) {
+      const index_t c = index_t(1) << l;
+      for (index_t t = i0 / c; t * c < std::min(i0 + P, len); ++t)
+        if (!hd.causal || t % 2 == 0) in.e.push_back({(t + 1) * c, l, t});
+    }
+    for (index_t j = i0; j < std::min(i0 + P, len); ++j) in.e.push_back({j + 1, -1, j});
+    std::stable_sort(in.e.begin(), in.e.end(), [](const entry& x, const entry& y) { return x.end < y.end; });
+    in.bits.assign(in.e.size(), 0);
+    in.count.assign(static_cast<std::size_t>(n), 0);
+    for (std::size_t x = 0; x < in.e.size(); ++x) {
+      const entry& e = in.e[x];
+      for (index_t c = 0; c < n; ++c) {
+        const index_t i = i0 + c;
+        bool vis;
+        if (e.level < 0) {
+          vis = e.t == i;
+        } else {
+          const index_t f = i >> e.level;
+          vis = (f % 2 == 1 && e.t == f - 1) || (!hd.causal && f % 2 == 0 && e.t == f + 1);
+        }
+        if (vis) in.bits[x] |= std::uint64_t(1) << c;
+        if (e.end <= i + 1) ++in.count[static_cast<std::size_t>(c)];
+      }
+    }
+  };
+  // Every whole block below len has the same structure, shifted: built once.
+  inner_set tmpl, part;
+  if (P <= len) build_inner(0, P, tmpl);
+  std::vector<entry> shared;
   auto& blk = w.blk;
   for (index_t i0 = 0; i0 < L; i0 += P) {
     const index_t n = std::min(P, L - i0);
+    const bool whole = n == P && i0 + P <= len;
+    if (!whole) build_inner(i0, n, part);
+    const inner_set& in = whole ? tmpl : part;
     shared.clear();
-    inner.clear();
     for (index_t l = 0; l < nl; ++l) {
       const index_t c = index_t(1) << l;
-      if (c >= P) {
-        const index_t f = i0 / c;
-        if (f % 2 == 1) {
-          if ((f - 1) * c < len) shared.push_back({f * c, l, f - 1});
-        } else if (!hd.causal && (f + 1) * c < len) {
-          shared.push_back({(f + 2) * c, l, f + 1});
-        }
-      } else {
-        for (index_t t = i0 / c; t * c < std::min(i0 + P, len); ++t)
-          if (!hd.causal || t % 2 == 0) inner.push_back({(t + 1) * c, l, t});
+      if (c < P) continue;
+      const index_t f = i0 / c;
+      if (f % 2 == 1) {
+        if ((f - 1) * c < len) shared.push_back({f * c, l, f - 1});
+      } else if (!hd.causal && (f + 1) * c < len) {
+        shared.push_back({(f + 2) * c, l, f + 1});
       }
     }
-    for (index_t j = i0; j < std::min(i0 + P, len); ++j) inner.push_back({j + 1, -1, j});
-    std::stable_sort(inner.begin(), inner.end(), [](const entry& x, const entry& y) { return x.end < y.end; });
-    // gather the panel
-    const index_t rows = static_cast<index_t>(shared.size() + inner.size());
+    // gather the panel: shared summaries, then the block's own entries
+    const index_t ns = static_cast<index_t>(shared.size());
+    const index_t rows = ns + static_cast<index_t>(in.e.size());
     w.pk.resize(static_cast<std::size_t>(rows * dk));
     w.pv.resize(static_cast<std::size_t>(rows * dv));
     index_t r = 0;
-    auto put = [&](const entry& e) {
-      if (e.level < 0) {
-        copy_strided(hd.k.ptr(hd.b, hd.hkv, e.t, 0), hd.k.stride(3), dk, w.pk.data() + r * dk);
-        copy_strided(hd.v.ptr(hd.b, hd.hkv, e.t, 0), hd.v.stride(3), dv, w.pv.data() + r * dv);
+    auto put = [&](index_t level, index_t t) {
+      if (level < 0) {
+        copy_strided(hd.k.ptr(hd.b, hd.hkv, t, 0), hd.k.stride(3), dk, w.pk.data() + r * dk);
+        copy_strided(hd.v.ptr(hd.b, hd.hkv, t, 0), hd.v.stride(3), dv, w.pv.data() + r * dv);
       } else {
-        const index_t g = di.offset[static_cast<std::size_t>(e.level)] + e.t;
+        const index_t g = di.offset[static_cast<std::size_t>(level)] + t;
         std::copy(w.ks.data() + g * dk, w.ks.data() + (g + 1) * dk, w.pk.data() + r * dk);
         std::copy(w.es.data() + g * dv, w.es.data() + (g + 1) * dv, w.pv.data() + r * dv);
       }
       ++r;
     };
-    for (const entry& e : shared) put(e);
-    for (const entry& e : inner) put(e);
-    const index_t ns = static_cast<index_t>(shared.size());
-    hd.begin(blk, n, [&](index_t c) { return i0 + c; },
-             [&](index_t c) {
-               if (!hd.causal) return rows;
-               index_t m = ns;
-               for (const entry& e : inner) m += e.end <= i0 + c + 1 ? 1 : 0;
-               return m;
-             });
+    for (const entry& e : shared) put(e.level, e.t);
+    for (const entry& e : in.e) put(e.level, whole ? e.t + (e.level < 0 ? i0 : i0 >> e.level) : e.t);
+    hd.begin(
+        blk, n, [&](index_t c) { return i0 + c; },
+        [&](index_t c) { return hd.causal ? ns + in.count[static_cast<std::size_t>(c)] : rows; });
     hd.add_summaries(blk, w.pk.data(), w.pv.data(), 0, rows);
-    for (index_t x = 0; x < static_cast<index_t>(inner.size()); ++x) {
-      const entry& e = inner[static_cast<std::size_t>(x)];
-      std::uint64_t bits = 0;
-      for (index_t c = 0; c < n; ++c) {
-        const index_t i = i0 + c;
-        bool in;
-        if (e.level < 0) {
-          in = e.t == i;
-        } else {
-          const index_t f = i >> e.level;
-          in = (f % 2 == 1 && e.t == f - 1) || (!hd.causal && f % 2 == 0 && e.t == f + 1);
-        }
-        if (in) bits |= std::uint64_t(1) << c;
-      }
-      blk.restrict_row(ns + x, bits);
-    }
+    for (std::size_t x = 0; x < in.e.size(); ++x) blk.restrict_row(ns + static_cast<index_t>(x), in.bits[x]);
     blk.run();
     for (index_t c = 0; c < n; ++c) hd.finish(blk, c, i0 + c);
   }
@@ -222,16 +277,19 @@ void combiner_logsparse(const combiner_head<T>& hd, combiner_workspace<Arch, T>&
 // axial(rows, cols, row_major | col_major)
 /// Anchored summaries over one line of keys (a row, or a column read with stride m): for anchors
 /// a(c) (c < count), (e, k~) = attention of q_a(c) over the line's first kend(c) keys with values
-/// (V, K), written to es/ks at summary index g(c).
+/// (V, K), written to es/ks at summary index g(c). With `save`, the anchor's unnormalized state
+/// over the line (the direct part of its own query when the line is its own row or column) is
+/// also saved for the next pass.
 template <class Arch, class T, class A, class E, class G>
 void axial_summaries(const combiner_head<T>& hd, combiner_workspace<Arch, T>& w, index_t j0, index_t step,
-                     index_t nkeys, index_t count, A&& anchor, E&& kend, G&& g, T* ks, T* es) {
+                     index_t nkeys, index_t count, A&& anchor, E&& kend, G&& g, T* ks, T* es, bool save) {
   constexpr index_t Br = combiner_block<Arch, T>::Br;
   const index_t dk = hd.s.dk, dv = hd.s.dv;
   auto& blk = w.blk;
   for (index_t c0 = 0; c0 < count; c0 += Br) {
     const index_t n = std::min(Br, count - c0);
-    hd.begin(blk, n, [&](index_t c) { return anchor(c0 + c); }, [&](index_t c) { return kend(c0 + c); });
+    hd.begin(
+        blk, n, [&](index_t c) { return anchor(c0 + c); }, [&](index_t c) { return kend(c0 + c); });
     const value_source<T> vv{hd.v.ptr(hd.b, hd.hkv, j0, 0), hd.v.stride(2) * step, hd.v.stride(3), dv, 0};
     const value_source<T> vk{hd.k.ptr(hd.b, hd.hkv, j0, 0), hd.k.stride(2) * step, hd.k.stride(3), dk, dv};
     blk.add2(hd.k.ptr(hd.b, hd.hkv, j0, 0), hd.k.stride(2) * step, hd.k.stride(3), vv, vk, 2, nkeys);
@@ -240,6 +298,7 @@ void axial_summaries(const combiner_head<T>& hd, combiner_workspace<Arch, T>& w,
       const index_t gi = g(c0 + c);
       blk.finish(c, 0, dv, es + gi * dv, 1);
       blk.finish(c, dv, dk, ks + gi * dk, 1);
+      if (save) w.states.save(blk, c, anchor(c0 + c));
     }
   }
 }
@@ -257,19 +316,22 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
   w.es.resize(static_cast<std::size_t>(L * dv));
   if (!col_major) {
     const index_t nvr = (len + m - 1) / m;  // rows holding keys
-    // summaries (r', c): row r' seen from column c, bidirectional within the row
+    // summaries (r', c): row r' seen from column c, bidirectional within the row. Bidirectional,
+    // that is also the direct part (pass A) of query (r', c): its state is saved on the way.
     for (index_t r = 0; r < nvr; ++r) {
       const index_t nk = std::min(len, (r + 1) * m) - r * m;
-      axial_summaries(hd, w, r * m, 1, nk, m, [&](index_t c) { return r * m + c; }, [&](index_t) { return nk; },
-                      [&](index_t c) { return r * m + c; }, w.ks.data(), w.es.data());
+      axial_summaries(
+          hd, w, r * m, 1, nk, m, [&](index_t c) { return r * m + c; }, [&](index_t) { return nk; },
+          [&](index_t c) { return r * m + c; }, w.ks.data(), w.es.data(), !causal);
     }
-    // pass A: the own row (causal: columns <= c)
-    for (index_t r = 0; r < nr; ++r) {
+    // pass A: the own row (causal: columns <= c); bidirectional rows without keys see nothing yet
+    for (index_t r = causal ? 0 : nvr; r < nr; ++r) {
       const index_t nk = std::clamp<index_t>(len - r * m, 0, m);
       for (index_t c0 = 0; c0 < m; c0 += Br) {
         const index_t n = std::min(Br, m - c0);
-        hd.begin(blk, n, [&](index_t c) { return r * m + c0 + c; },
-                 [&](index_t c) { return causal ? causal_count(c0 + c, 0, nk) : nk; });
+        hd.begin(
+            blk, n, [&](index_t c) { return r * m + c0 + c; },
+            [&](index_t c) { return causal ? causal_count(c0 + c, 0, nk) : nk; });
         hd.add_keys(blk, r * m, nk);
         blk.run();
         for (index_t c = 0; c < n; ++c) st.save(blk, c, r * m + c0 + c);
@@ -279,12 +341,12 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
     for (index_t c = 0; c < m; ++c)
       for (index_t r0 = 0; r0 < nr; r0 += Br) {
         const index_t n = std::min(Br, nr - r0);
-        hd.begin(blk, n, [&](index_t x) { return (r0 + x) * m + c; },
-                 [&](index_t x) { return causal ? std::min(r0 + x, nvr) : nvr; });
+        hd.begin(
+            blk, n, [&](index_t x) { return (r0 + x) * m + c; },
+            [&](index_t x) { return causal ? std::min(r0 + x, nvr) : nvr; });
         hd.add_summaries(blk, w.ks.data(), w.es.data(), c, nvr, m);
         if (!causal)
-          for (index_t x = 0; x < n && r0 + x < nvr; ++x)
-            blk.restrict_row(r0 + x, ~(std::uint64_t(1) << x));
+          for (index_t x = 0; x < n && r0 + x < nvr; ++x) blk.restrict_row(r0 + x, ~(std::uint64_t(1) << x));
         for (index_t x = 0; x < n; ++x) st.load(blk, x, (r0 + x) * m + c);
         blk.run();
         for (index_t x = 0; x < n; ++x) hd.finish(blk, x, (r0 + x) * m + c);
@@ -294,32 +356,24 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
   // column-major: column c' holds the keys c', c' + m, ... below len
   auto col_keys = [&](index_t c) { return c < len ? (len - c + m - 1) / m : 0; };
   const index_t mv = std::min(m, len);  // columns holding keys
-  // summaries (r, c'): column c' seen from row r (causal: inclusive rows <= r in ks/es, exclusive rows < r in ks2/es2)
+  // summaries (r, c'): column c' seen from row r (causal: inclusive rows <= r in ks/es, exclusive rows < r in
+  // ks2/es2)
   if (causal) {
     w.ks2.resize(static_cast<std::size_t>(L * dk));
     w.es2.resize(static_cast<std::size_t>(L * dv));
   }
-  for (index_t c = 0; c < mv; ++c) {
-    const index_t nk = col_keys(c);
-    auto anchor = [&](index_t r) { return r * m + c; };
-    axial_summaries(hd, w, c, m, nk, nr, anchor,
-                    [&](index_t r) { return causal ? causal_count(r, 0, nk) : nk; }, anchor, w.ks.data(),
-                    w.es.data());
-    if (causal)
-      axial_summaries(hd, w, c, m, nk, nr, anchor, [&](index_t r) { return std::min(r, nk); }, anchor,
-                      w.ks2.data(), w.es2.data());
-  }
-  // pass A: the own column (causal: rows <= r)
+  // The summaries anchored at (r, c') over column c' (causal: rows <= r) are also the direct
+  // part (pass A) of query (r, c'): its state is saved on the way.
   for (index_t c = 0; c < m; ++c) {
     const index_t nk = col_keys(c);
-    for (index_t r0 = 0; r0 < nr; r0 += Br) {
-      const index_t n = std::min(Br, nr - r0);
-      hd.begin(blk, n, [&](index_t x) { return (r0 + x) * m + c; },
-               [&](index_t x) { return causal ? causal_count(r0 + x, 0, nk) : nk; });
-      hd.add_keys(blk, c, nk, m);
-      blk.run();
-      for (index_t x = 0; x < n; ++x) st.save(blk, x, (r0 + x) * m + c);
-    }
+    auto anchor = [&](index_t r) { return r * m + c; };
+    axial_summaries(
+        hd, w, c, m, nk, nr, anchor, [&](index_t r) { return causal ? causal_count(r, 0, nk) : nk; }, anchor,
+        w.ks.data(), w.es.data(), true);
+    if (causal && c < mv)
+      axial_summaries(
+          hd, w, c, m, nk, nr, anchor, [&](index_t r) { return std::min(r, nk); }, anchor, w.ks2.data(),
+          w.es2.data(), false);
   }
   // pass B: along each row r, the summaries (r, c') of the other columns. Causal: exclusive
   // summaries (rows < r) first, visible to column c for c' > c, then inclusive ones (rows <= r),
@@ -328,8 +382,9 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
     for (index_t c0 = 0; c0 < m; c0 += Br) {
       const index_t n = std::min(Br, m - c0);
       const index_t ne = causal && r > 0 ? mv : 0;
-      hd.begin(blk, n, [&](index_t x) { return r * m + c0 + x; },
-               [&](index_t x) { return causal ? ne + std::min(c0 + x, mv) : mv; });
+      hd.begin(
+          blk, n, [&](index_t x) { return r * m + c0 + x; },
+          [&](index_t x) { return causal ? ne + std::min(c0 + x, mv) : mv; });
       if (ne > 0) hd.add_summaries(blk, w.ks2.data(), w.es2.data(), r * m, ne);
       hd.add_summaries(blk, w.ks.data(), w.es.data(), r * m, mv);
       for (index_t cc = 0; cc < mv; ++cc) {
@@ -399,8 +454,9 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
       const index_t total = nm + nb + na;
       for (std::size_t t0 = 0; t0 < qc.size(); t0 += static_cast<std::size_t>(Br)) {
         const index_t n = std::min<index_t>(Br, static_cast<index_t>(qc.size() - t0));
-        hd.begin(blk, n, [&](index_t x) { return qc[t0 + static_cast<std::size_t>(x)]; },
-                 [&](index_t) { return total; });
+        hd.begin(
+            blk, n, [&](index_t x) { return qc[t0 + static_cast<std::size_t>(x)]; },
+            [&](index_t) { return total; });
         hd.add_summaries(blk, w.pk.data(), w.pv.data(), 0, nm);
         hd.add_summaries(blk, w.ks.data(), w.es.data(), 0, nb);
         hd.add_summaries(blk, w.ks.data(), w.es.data(), ng - na, na);
@@ -415,7 +471,8 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
   const index_t s = span, nseg = (L + s - 1) / s, nvs = (len + s - 1) / s;
   std::vector<index_t> seg_first(static_cast<std::size_t>(nvs) + 1, 0);  // first summary of segment a
   std::vector<std::vector<std::int32_t>> present(static_cast<std::size_t>(nvs));
-  std::vector<std::vector<index_t>> sidx(static_cast<std::size_t>(nvs));  // summary index per column (-1: empty)
+  std::vector<std::vector<index_t>> sidx(
+      static_cast<std::size_t>(nvs));  // summary index per column (-1: empty)
   index_t ng = 0;
   for (index_t a = 0; a < nvs; ++a) {
     auto& pr = present[static_cast<std::size_t>(a)];
@@ -483,11 +540,13 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
     // local expectations: the columns over the segment's keys, each hiding its excluded cluster
     for (index_t c0 = 0; c0 < ncol; c0 += Br) {
       const index_t n = std::min(Br, ncol - c0);
-      blk.begin(n, [&](index_t c) { return qsum.data() + (c0 + c) * dk; }, 1, hd.qscale,
-                [&](index_t) { return nk; });
+      blk.begin(
+          n, [&](index_t c) { return qsum.data() + (c0 + c) * dk; }, 1, hd.qscale,
+          [&](index_t) { return nk; });
       hd.add_keys(blk, j0, nk);
       for (index_t j = 0; j < nk; ++j) {
-        const index_t x = std::lower_bound(pr.begin(), pr.end(), id[static_cast<std::size_t>(j0 + j)]) - pr.begin();
+        const index_t x =
+            std::lower_bound(pr.begin(), pr.end(), id[static_cast<std::size_t>(j0 + j)]) - pr.begin();
         const index_t col = 1 + x - c0;
         if (col >= 0 && col < n) blk.restrict_row(j, ~(std::uint64_t(1) << col));
       }
@@ -505,7 +564,8 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
     const index_t j0 = a * s, j1 = std::min(L, j0 + s), nd = std::max<index_t>(0, std::min(len, j1) - j0);
     for (index_t i0 = j0; i0 < j1; i0 += Br) {
       const index_t n = std::min(Br, j1 - i0);
-      hd.begin(blk, n, [&](index_t c) { return i0 + c; }, [&](index_t c) { return causal_count(i0 + c, j0, nd); });
+      hd.begin(
+          blk, n, [&](index_t c) { return i0 + c; }, [&](index_t c) { return causal_count(i0 + c, j0, nd); });
       hd.add_keys(blk, j0, nd);
       blk.run();
       for (index_t c = 0; c < n; ++c) st.save(blk, c, i0 + c);
@@ -547,7 +607,8 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
     for (std::size_t t0 = 0; t0 < qc.size(); t0 += static_cast<std::size_t>(Br)) {
       const index_t n = std::min<index_t>(Br, static_cast<index_t>(qc.size() - t0));
       auto qi = [&](index_t x) { return qc[t0 + static_cast<std::size_t>(x)]; };
-      hd.begin(blk, n, qi, [&](index_t x) { return seg_end[static_cast<std::size_t>(std::min(qi(x) / s, last))]; });
+      hd.begin(blk, n, qi,
+               [&](index_t x) { return seg_end[static_cast<std::size_t>(std::min(qi(x) / s, last))]; });
       hd.add_summaries(blk, w.pk.data(), w.pv.data(), 0, r);
       for (index_t x = 0; x < n; ++x) st.load(blk, x, qi(x));
       blk.run();
