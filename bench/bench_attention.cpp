@@ -17,13 +17,191 @@
 // 4096-token prefill, time per token (one step: every head), beside decode at Lk = 4096, d = 64.
 //
 //   bench_attention --benchmark_filter='^(peak|favor.*L:(2048|16384)/|full_attention/d:64/L:(2048|16384)/)'
+//
+// Combiner (combiner_attention, max pooling): combiner/<plan>/d:64/L:<L>/causal:<0|1>/threads:<t>
+// for the plans fixed (span ceil(sqrt L)), logsparse, axial_row, axial_col, axial_mixture (grid
+// ab::combiner_axial_grid: 32x32 at 1024, 32x64 at 2048, ..., 256x256 at 65536) and learnable
+// (C = ceil(sqrt L) centroids: combiner::kmeans of the keys, 3 iterations, seed 1, computed once
+// before the first timing), L in {1024, 2048, 4096, 16384, 65536}, B = 1, H = 8, causal and not,
+// threads 1 and all, beside full_attention/d:64 (L <= 16384) in the same binary. Timed on whole calls
+// or slices of heads; GFLOP/s counts the products the plan needs (ab::combiner_flops). Each
+// (plan, causal, threads) is one Google Benchmark family over L with a complexity fit
+// (N^1.5 for fixed, axial and learnable; N lgN for logsparse), printed after the summary.
+//
+//   bench_attention --benchmark_filter='^(peak|(combiner|full_attention/d:64)/.*L:(1024|16384)/)'
+//   bench_attention --benchmark_filter='^combiner/logsparse/' --threads=1
+#include <unistd.h>
+
+#include <cmath>
+#include <map>
 #include <memory>
+#include <set>
+#include <tuple>
 
 #include "common.hpp"
 
 namespace ab = attnkit_bench;
 using attnkit::causal_mode;
 using attnkit::index_t;
+
+namespace {
+
+/// The Combiner problems [1, 8, L, 64] (the same inputs as full_attention's at equal L), their
+/// plans resolved (k-means for learnable) and sample plans, built on first use outside the timing
+/// and kept for the whole run: the families of every (plan, causal, threads) visit the same L.
+struct combiner_setup {
+  std::shared_ptr<ab::attention_problem> problem;
+  std::shared_ptr<const ab::combiner_case> plan;
+  ab::attention_fn fn;
+  ab::sample_plan samples;
+};
+
+const combiner_setup& combiner_entry(ab::combiner_kind kind, index_t L, bool causal, int threads) {
+  static std::map<index_t, std::shared_ptr<ab::attention_problem>> problems;
+  static std::map<std::pair<ab::combiner_kind, index_t>, std::shared_ptr<const ab::combiner_case>> cases;
+  static std::map<std::tuple<ab::combiner_kind, index_t, bool, int>, combiner_setup> setups;
+  const auto key = std::make_tuple(kind, L, causal, threads);
+  auto it = setups.find(key);
+  if (it != setups.end()) return it->second;
+  auto& prob = problems[L];
+  if (!prob) prob = std::make_shared<ab::attention_problem>(ab::attention_spec::self(L, 64, 8));
+  auto& plan = cases[{kind, L}];
+  if (!plan) plan = ab::make_combiner_case(kind, *prob);
+  combiner_setup e;
+  e.problem = prob;
+  e.plan = plan;
+  e.fn = ab::combiner_attention_fn(plan);
+  const auto spec = ab::attention_spec::self(L, 64, 8, causal ? causal_mode::top_left : causal_mode::none);
+  // Slices of heads (a multiple of the thread count); sample FLOPs as for the other operators.
+  e.samples = ab::plan_head_samples(spec, ab::config().sample_gflop * 1e9 * threads,
+                                    ab::combiner_flops_fn(plan), ab::slicing::heads, threads);
+  return setups.emplace(key, std::move(e)).first->second;
+}
+
+/// Complexity of the plans' cost: O(L sqrt(L) d) for fixed, axial and learnable (spans and clusters
+/// of ~sqrt(L)), O(L log L d) for logsparse.
+double n_sqrt_n(benchmark::IterationCount n) {
+  const double x = static_cast<double>(n);
+  return x * std::sqrt(x);
+}
+
+/// Registers the family combiner/<plan>/d:64 over `lengths` for one mask and thread count: its
+/// instances are named combiner/<plan>/d:64/L:<L>/causal:<0|1>/threads:<t> (argument names), and
+/// the family fits time against L (SetComplexityN(L)).
+void register_combiner_family(ab::combiner_kind kind, bool causal, int threads,
+                              const std::vector<index_t>& lengths) {
+  const std::string family = std::string("combiner/") + ab::combiner_kind_name(kind) + "/d:64";
+  auto* b = benchmark::RegisterBenchmark(family.c_str(), [kind, causal, threads](benchmark::State& st) {
+    const index_t L = st.range(0);
+    st.SetComplexityN(L);
+    try {
+      const combiner_setup& e = combiner_entry(kind, L, causal, threads);
+      attnkit::attention_options opt;
+      opt.threads = threads;
+      for (auto _ : st)
+        st.SetIterationTime(e.samples.scale_to_whole(ab::run_sample(*e.problem, e.samples, e.fn, opt)));
+      ab::set_flop_counters(st, e.samples.full_flops, threads);
+      st.SetLabel(e.plan->describe() + ", " + e.samples.describe());
+    } catch (const std::exception& ex) {
+      st.SkipWithError(ex.what());
+    }
+  });
+  b->ArgNames({"L", "causal", "threads"});
+  for (index_t L : lengths) b->Args({L, causal ? 1 : 0, threads});
+  if (kind == ab::combiner_kind::logsparse)
+    b->Complexity(benchmark::oNLogN);
+  else
+    b->Complexity(n_sqrt_n);
+  ab::with_defaults(b->UseManualTime());
+}
+
+/// ab::summary_reporter plus the complexity fits of the families (Google Benchmark names a fit
+/// after the family, "combiner/<plan>/d:64", whatever the mask and threads, and summary_reporter
+/// shows min/max only): after the summary, one line per family that ran two lengths or more, named
+/// after its instances without /L:<L>. Time = coefficient x f(L), RMS = relative RMS of the residuals
+/// over every repetition (the fit takes the mean of the repetitions, not the minimum).
+class fit_reporter : public ab::summary_reporter {
+ public:
+  using ab::summary_reporter::summary_reporter;
+
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ab::summary_reporter::ReportRuns(runs);
+    for (const auto& r : runs) {
+      if (!r.report_big_o && !r.report_rms) {
+        last_ = r.run_name.str();
+        const auto l = last_.find("/L:");
+        if (l != std::string::npos) {
+          const auto end = last_.find('/', l + 3);
+          lengths_[strip(last_)].insert(last_.substr(l + 3, end == std::string::npos ? end : end - l - 3));
+        }
+        continue;
+      }
+      const std::string name = strip(last_);
+      if (lengths_[name].size() < 2) continue;
+      if (fits_.empty() || fits_.back().name != name) {
+        fits_.emplace_back();
+        fits_.back().name = name;
+      }
+      if (r.report_big_o) {
+        fits_.back().coef = r.real_accumulated_time;  // seconds per unit of f(N)
+        fits_.back().f = r.complexity == benchmark::oNLogN ? "N lgN" : "N^1.5";
+      } else {
+        fits_.back().rms = r.GetAdjustedRealTime();  // relative
+      }
+    }
+  }
+
+  void Finalize() override {
+    ab::summary_reporter::Finalize();
+    if (fits_.empty()) return;
+    std::ostream& os = GetOutputStream();
+    os << "\nComplexity fits (Google Benchmark least squares over every repetition of every L):\n";
+    for (const auto& f : fits_) {
+      char line[256];
+      std::snprintf(line, sizeof line, "%-46s time = %10.4g ns x %-6s RMS %5.1f %%\n", f.name.c_str(),
+                    f.coef * 1e9, f.f.c_str(), f.rms * 100);
+      os << line;
+    }
+    os.flush();
+  }
+
+ private:
+  struct fit {
+    std::string name;
+    double coef = 0.0, rms = 0.0;
+    std::string f;
+  };
+  std::string last_;
+  std::map<std::string, std::set<std::string>> lengths_;
+  std::vector<fit> fits_;
+
+  /// "combiner/fixed/d:64/L:1024/causal:0/threads:1/manual_time" -> "combiner/fixed/d:64/causal:0/threads:1".
+  static std::string strip(std::string n) {
+    const auto l = n.find("/L:");
+    if (l != std::string::npos) {
+      const auto e = n.find('/', l + 3);
+      n.erase(l, e == std::string::npos ? e : e - l);
+    }
+    const auto m = n.find("/manual_time");
+    if (m != std::string::npos) n.erase(m);
+    return n;
+  }
+};
+
+/// ab::run_benchmarks with fit_reporter on the console.
+int run_benchmarks_with_fits() {
+  if (ab::config().format == "console") {
+    fit_reporter rep(isatty(STDOUT_FILENO) ? benchmark::ConsoleReporter::OO_ColorTabular
+                                           : benchmark::ConsoleReporter::OO_Tabular);
+    benchmark::RunSpecifiedBenchmarks(&rep);
+  } else {
+    benchmark::RunSpecifiedBenchmarks();
+  }
+  benchmark::Shutdown();
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   ab::initialize(argc, argv);
@@ -126,5 +304,12 @@ int main(int argc, char** argv) {
     ab::with_defaults(b->UseRealTime(), benchmark::kMicrosecond);
   }
 
-  return ab::run_benchmarks();
+  // Combiner beside exact attention: full_attention/d:64 above covers L <= 16384 (causal and not,
+  // the same thread counts); Combiner goes on to 65536, where exact attention would take minutes.
+  const std::vector<index_t> combiner_lengths{1024, 2048, 4096, 16384, 65536};
+  for (ab::combiner_kind kind : ab::combiner_kinds())
+    for (bool causal : {false, true})
+      for (int t : ab::config().threads) register_combiner_family(kind, causal, t, combiner_lengths);
+
+  return run_benchmarks_with_fits();
 }

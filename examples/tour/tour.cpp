@@ -8,9 +8,9 @@
 // kind of machine stalls for hundreds of ms at a time), GFLOP/s and % of the measured FMA peak,
 // speed-up against exact attention with the same mask, and the error: the relative error
 // ||out - exact||_F / ||exact||_F against exact attention for operators that approximate softmax
-// (FAVOR+), the max abs error against the naive reference for exact ones.
+// (FAVOR+, Combiner), the max abs error against the naive reference for exact ones.
 //
-// Adding an operator (Combiner, lambda layers, CoAtNet ...) = appending a row in
+// Adding an operator (lambda layers, CoAtNet ...) = appending a row in
 // make_rows(): attention_row() for anything with the attention signature, or a custom tour_row.
 #include <cstdio>
 #include <cstdlib>
@@ -106,6 +106,17 @@ std::vector<tour_row> make_rows(ab::attention_problem& p, const tour_options& o,
     rows.push_back(attention_row("favor_attention m=" + std::to_string(m), p, causal, versus::exact,
                                  ab::favor_attention_fn(features), threads, ab::slicing::heads, 0.75e9,
                                  ab::favor_flops_fn(m)));
+  // Combiner (max pooling), one row per plan and mask: fixed (span ceil(sqrt L)), logsparse, axial
+  // (grid ab::combiner_axial_grid) in its three orders, learnable (C = ceil(sqrt L) k-means
+  // centroids of the keys, 3 iterations, seed 1, computed here, outside the timing). Timed on whole
+  // calls or slices of heads; GFLOP/s counts the products the plan needs (ab::combiner_flops).
+  for (ab::combiner_kind kind : ab::combiner_kinds()) {
+    const auto plan = ab::make_combiner_case(kind, p);
+    for (bool causal : {false, true})
+      rows.push_back(attention_row("combiner " + plan->describe(), p, causal, versus::exact,
+                                   ab::combiner_attention_fn(plan), threads, ab::slicing::heads, 0.75e9,
+                                   ab::combiner_flops_fn(plan)));
+  }
   return rows;
 }
 
@@ -215,7 +226,7 @@ int main(int argc, char** argv) {
     return &expected.emplace(key, std::move(out)).first->second;
   };
 
-  std::printf("%-22s %-30s %10s %9s %6s %9s %10s  %-10s %s\n", "operator", "shape", "time ms", "GFLOP/s",
+  std::printf("%-28s %-30s %10s %9s %6s %9s %10s  %-10s %s\n", "operator", "shape", "time ms", "GFLOP/s",
               "%peak", "speed-up", "error", "vs", "timed on");
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const tour_row& r = rows[i];
@@ -241,7 +252,7 @@ int main(int argc, char** argv) {
         vs = "(skipped)";
       }
     }
-    std::printf("%-22s %-30s %10.3f %9s %6s %9s %10s  %-10s %s\n", r.op.c_str(), r.shape.c_str(),
+    std::printf("%-28s %-30s %10.3f %9s %6s %9s %10s  %-10s %s\n", r.op.c_str(), r.shape.c_str(),
                 seconds[i] * 1e3, gfs.c_str(), pct.c_str(), speed.c_str(), err.c_str(), vs.c_str(),
                 r.timed_on.c_str());
     std::fflush(stdout);
@@ -260,8 +271,10 @@ int main(int argc, char** argv) {
   std::printf(
       "time: min over %d samples of a few ms each, scaled to one whole call; speed-up: exact attention\n"
       "with the same mask / this row; GFLOP/s counts 4*d per visible (query, key) pair (FAVOR+: its\n"
-      "feature and state products, causal chunks whole). error: max |out - reference| (vs reference),\n"
-      "or ||out - exact||_F / ||exact||_F (vs exact rel: exact attention with the same mask).\n",
+      "feature and state products, causal chunks whole; Combiner: 4*d per (query, direct key or\n"
+      "summary) pair plus its summaries and routing, see bench/measure.hpp combiner_flops). error:\n"
+      "max |out - reference| (vs reference), or ||out - exact||_F / ||exact||_F (vs exact rel: exact\n"
+      "attention with the same mask; Combiner's distribution differs from softmax by design).\n",
       o.samples);
   std::printf("tour finished in %.1f s\n", ab::now_seconds() - t_start);
   return 0;
