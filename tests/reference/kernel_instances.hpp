@@ -6,9 +6,15 @@
 // kernels over all cores instead of compiling them one after the other inside test_attention.cpp.
 #pragma once
 
+#include <attnkit/combiner/attention.hpp>
 #include <attnkit/favor/attention.hpp>
 #include <attnkit/favor/decoder.hpp>
 #include <attnkit/full/attention.hpp>
+
+#define ATTNKIT_TEST_COMBINER(EXTERN, ARCH, T, PLAN)                                                        \
+  EXTERN template void attnkit::combiner_attention<attnkit::simd::ARCH, T, attnkit::combiner::PLAN>(        \
+      attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
+      attnkit::tensor_view<T, 4>, const attnkit::combiner::PLAN&, const attnkit::combiner_options&);
 
 #define ATTNKIT_TEST_KERNELS(EXTERN, ARCH, T)                                                               \
   EXTERN template void attnkit::full_attention<attnkit::simd::ARCH, T>(                                     \
@@ -17,7 +23,11 @@
   EXTERN template void attnkit::favor_attention<attnkit::simd::ARCH, T>(                                    \
       attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
       attnkit::tensor_view<T, 4>, const attnkit::random_features<T>&, const attnkit::favor_options&);       \
-  EXTERN template class attnkit::favor_decoder<T, attnkit::simd::ARCH>;
+  EXTERN template class attnkit::favor_decoder<T, attnkit::simd::ARCH>;                                     \
+  ATTNKIT_TEST_COMBINER(EXTERN, ARCH, T, fixed)                                                             \
+  ATTNKIT_TEST_COMBINER(EXTERN, ARCH, T, logsparse)                                                         \
+  ATTNKIT_TEST_COMBINER(EXTERN, ARCH, T, axial)                                                             \
+  ATTNKIT_TEST_COMBINER(EXTERN, ARCH, T, learnable)
 
 #if defined(ATTNKIT_TEST_INSTANTIATE_ARCH)
 ATTNKIT_TEST_KERNELS(, ATTNKIT_TEST_INSTANTIATE_ARCH, ATTNKIT_TEST_INSTANTIATE_TYPE)
