@@ -436,11 +436,8 @@ TEST_CASE("combiner learnable: centroid routing vs sum_j p(j|i) v_j and vs the c
             for_each_arch([&](auto arch) {
               using Arch = decltype(arch);
               INFO("arch " << Arch::name << (std::is_same_v<T, float> ? " float" : " double"));
-              auto ids = cb::assign_clusters<Arch>(in.k.cv(), mu.view3(), opt.mask);
-              // Padding keys get -1 from assign_clusters, which cluster_ids rejects (see the report):
-              // any valid id there, since padding ids are never read.
-              for (index_t j = 0; j < ids.size(); ++j)
-                if (ids.data()[j] < 0) ids.data()[j] = 0;
+              const auto ids = cb::assign_clusters<Arch>(in.k.cv(), mu.view3(), opt.mask);
+              // assign_clusters marks padding keys -1; cluster_ids accepts any id there.
               cb::learnable by_ids;
               by_ids.cluster_ids = ids.cview();
               by_ids.span = plan.span;
@@ -670,7 +667,8 @@ TEST_CASE("combiner spec: every plan's direct keys and groups partition the visi
               INFO("axial " << rc[0] << "x" << rc[1] << (col ? " col_major" : " row_major") << " i=" << i);
               const auto s = dt::axial_sets(i, rc[0], rc[1], len, causal, col);
               REQUIRE(partition_error(s, i, L, len, causal).empty());
-              // Each group is another row (column) anchored in the query's column (row).
+              // Each group is another row (column) anchored in the query's column (row); a causal
+              // column group of rows < r (c' > c) is anchored at its last row r - 1, never after i.
               const index_t m = rc[1], r = i / m, c = i % m;
               for (const auto& g : s.groups) {
                 REQUIRE(g.anchor >= 0);
@@ -680,7 +678,7 @@ TEST_CASE("combiner spec: every plan's direct keys and groups partition the visi
                   REQUIRE(g.anchor / m != r);
                   for (index_t j : g.members) REQUIRE(j / m == g.anchor / m);
                 } else {
-                  REQUIRE(g.anchor / m == r);
+                  REQUIRE(g.anchor / m == (causal && g.anchor % m > c ? r - 1 : r));
                   REQUIRE(g.anchor % m != c);
                   for (index_t j : g.members) REQUIRE(j % m == g.anchor % m);
                 }
@@ -711,13 +709,6 @@ TEST_CASE("combiner spec: every plan's direct keys and groups partition the visi
 // Property 4: causality
 
 namespace {
-
-/// Causal axial plans with a column-major part anchor the summary of column c' > c at (r, c'),
-/// a position after i = (r, c) (combiner/spec.hpp, axial_sets): see the [!mayfail] case below.
-bool anchors_after_query(const any_plan& plan) {
-  const auto* a = std::get_if<cb::axial>(&plan);
-  return a && a->order != cb::axial_order::row_major;
-}
 
 /// Perturbs the inputs at the positions i+1.. (i descending, so earlier positions are never
 /// perturbed) with other finite values (q when perturb_q, k and v when perturb_kv) and compares the
@@ -777,19 +768,15 @@ TEMPLATE_TEST_CASE("combiner: a causal output ignores every later input", "[comb
     const cspec s = causal_spec(L);
     const auto ps = make_plans(L, L == 64 ? 8 : 5, s.B, s.Hkv, s.dk, ++salt);
     for (const any_plan& plan : ps.plans) {
-      // every plan: later keys and values; every plan but the column-major axial ones: later queries
-      check_causal<TestType>(s, plan, salt += 10, !anchors_after_query(plan), true);
+      check_causal<TestType>(s, plan, salt += 10, true, true);  // later queries, keys and values
     }
   }
 }
 
-// Known library bug (see the report): a causal column-major axial plan (col_major, and mixture,
-// which contains it) summarizes column c' > c of query i = (r, c) with the query at the anchor
-// (r, c') = i + (c' - c), a LATER position, so the output at i changes when a later query changes.
-// combiner_probabilities follows the same sets, so the engine agrees with the reference; this case
-// states the documented guarantee and fails until the plan is fixed.
+// Causal column-major axial plans anchor a group of rows < r at its last row, so their outputs
+// also ignore later queries alone (the anchor's query is a summary query).
 TEMPLATE_TEST_CASE("combiner axial: a causal col_major / mixture output ignores later queries",
-                   "[combiner][causal][axial][!mayfail]", float, double) {
+                   "[combiner][causal][axial]", float, double) {
   std::uint64_t salt = 850;
   for (index_t L : {45, 64}) {
     const cspec s = causal_spec(L);

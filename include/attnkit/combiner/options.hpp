@@ -52,7 +52,7 @@ struct axial {
 /// (j >= key_lengths[b]) belong to no cluster.
 struct learnable {
   tensor_view<const float, 3> centroids{};           ///< [1 or Hkv, clusters, dk]
-  tensor_view<const std::int32_t, 3> cluster_ids{};  ///< [1 or B, 1 or Hkv, L], values in [0, L)
+  tensor_view<const std::int32_t, 3> cluster_ids{};  ///< [1 or B, 1 or Hkv, L]; in [0, L) at key positions
   std::int64_t span = 0;
 };
 

@@ -79,7 +79,8 @@ inline combiner_sets logsparse_sets(index_t i, index_t L, index_t len, bool caus
 /// axial(rows n, cols m), position i = r m + c. Row-major: D_i = row r (causal: columns <= c);
 /// groups = the rows r' < r (causal) or r' != r, each anchored at (r', c). Column-major: the
 /// transpose; D_i = column c (causal: rows <= r); groups = columns c' != c anchored at (r, c'),
-/// causal restricting column c' to rows <= r when c' < c and rows < r when c' > c.
+/// causal restricting column c' to rows <= r when c' < c and rows < r when c' > c, the latter
+/// anchored at their last row (r - 1, c'): an anchor after i would make out_i depend on a later query.
 inline combiner_sets axial_sets(index_t i, index_t n, index_t m, index_t len, bool causal, bool col_major) {
   combiner_sets s;
   const index_t r = i / m, c = i % m;
@@ -92,7 +93,7 @@ inline combiner_sets axial_sets(index_t i, index_t n, index_t m, index_t len, bo
     for (index_t q = 0; q < m; ++q) {
       if (q == c) continue;
       const index_t rows = !causal ? n : (q < c ? r + 1 : r);
-      s.add_range(q, rows * m, len, m, r * m + q);
+      s.add_range(q, rows * m, len, m, (rows == r ? r - 1 : r) * m + q);
     }
   }
   return s;

@@ -77,14 +77,19 @@ combiner_call check_combiner(const char* where, const attention_shape& s, const 
                                    ", expected [1 or B=" + std::to_string(s.B) +
                                    ", 1 or Hkv=" + std::to_string(s.Hkv) + ", L=" + std::to_string(L) + "]");
               });
-      for (index_t b = 0; b < id.extent(0); ++b)
+      // Positions that are padding in every batch entry reading them are never routed: any id
+      // (assign_clusters writes -1 there).
+      for (index_t b = 0; b < s.B; ++b) {
+        const index_t len = o.mask.key_lengths ? static_cast<index_t>(o.mask.key_lengths(b)) : L;
+        const index_t bi = id.extent(0) == 1 ? 0 : b;
         for (index_t h = 0; h < id.extent(1); ++h)
-          for (index_t j = 0; j < L; ++j)
-            require(id(b, h, j) >= 0 && id(b, h, j) < std::max<index_t>(L, 1), where, [&] {
-              return std::string("cluster_ids[" + std::to_string(b) + ", " + std::to_string(h) + ", " +
-                                 std::to_string(j) + "] = " + std::to_string(id(b, h, j)) +
-                                 " is outside [0, L = " + std::to_string(L) + ")");
+          for (index_t j = 0; j < len; ++j)
+            require(id(bi, h, j) >= 0 && id(bi, h, j) < std::max<index_t>(L, 1), where, [&] {
+              return std::string("cluster_ids[" + std::to_string(bi) + ", " + std::to_string(h) + ", " +
+                                 std::to_string(j) + "] = " + std::to_string(id(bi, h, j)) +
+                                 " is outside [0, L = " + std::to_string(L) + ") at a key position");
             });
+      }
     }
   }
   (void)k;

@@ -21,7 +21,7 @@ struct combiner_workspace {
   combiner_block<Arch, T> blk;
   combiner_states<T> states;
   summary_scratch<T> sum;
-  std::vector<T> ks, es, ks2, es2, pk, pv, mix;
+  std::vector<T> ks, es, pk, pv, mix;
   std::vector<index_t> idx;
   combiner_workspace(index_t dk, index_t dv) : blk(dk, dv + dk) {}
 };
@@ -356,24 +356,15 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
   // column-major: column c' holds the keys c', c' + m, ... below len
   auto col_keys = [&](index_t c) { return c < len ? (len - c + m - 1) / m : 0; };
   const index_t mv = std::min(m, len);  // columns holding keys
-  // summaries (r, c'): column c' seen from row r (causal: inclusive rows <= r in ks/es, exclusive rows < r in
-  // ks2/es2)
-  if (causal) {
-    w.ks2.resize(static_cast<std::size_t>(L * dk));
-    w.es2.resize(static_cast<std::size_t>(L * dv));
-  }
-  // The summaries anchored at (r, c') over column c' (causal: rows <= r) are also the direct
-  // part (pass A) of query (r, c'): its state is saved on the way.
+  // Summaries (r, c'): column c' (causal: rows <= r) anchored at (r, c'). They are also the direct
+  // part (pass A) of query (r, c'): its state is saved on the way. A causal group of rows < r
+  // (c' > c) is anchored at its last row r - 1, so it is the summary (r - 1, c').
   for (index_t c = 0; c < m; ++c) {
     const index_t nk = col_keys(c);
     auto anchor = [&](index_t r) { return r * m + c; };
     axial_summaries(
         hd, w, c, m, nk, nr, anchor, [&](index_t r) { return causal ? causal_count(r, 0, nk) : nk; }, anchor,
         w.ks.data(), w.es.data(), true);
-    if (causal && c < mv)
-      axial_summaries(
-          hd, w, c, m, nk, nr, anchor, [&](index_t r) { return std::min(r, nk); }, anchor, w.ks2.data(),
-          w.es2.data(), false);
   }
   // pass B: along each row r, the summaries (r, c') of the other columns. Causal: exclusive
   // summaries (rows < r) first, visible to column c for c' > c, then inclusive ones (rows <= r),
@@ -385,7 +376,7 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
       hd.begin(
           blk, n, [&](index_t x) { return r * m + c0 + x; },
           [&](index_t x) { return causal ? ne + std::min(c0 + x, mv) : mv; });
-      if (ne > 0) hd.add_summaries(blk, w.ks2.data(), w.es2.data(), r * m, ne);
+      if (ne > 0) hd.add_summaries(blk, w.ks.data(), w.es.data(), (r - 1) * m, ne);
       hd.add_summaries(blk, w.ks.data(), w.es.data(), r * m, mv);
       for (index_t cc = 0; cc < mv; ++cc) {
         std::uint64_t bits = 0;  // columns x that may see this summary
