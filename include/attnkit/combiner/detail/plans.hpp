@@ -196,14 +196,21 @@ void combiner_logsparse(const combiner_head<T>& hd, combiner_workspace<Arch, T>&
     std::vector<std::uint64_t> bits;
     std::vector<index_t> count;
   };
+  // Levels below S (and the direct key) are per query: 2 log2(S) of a block's rows would otherwise
+  // be computed for every column for the one each needs.
+  const index_t ls = std::min<index_t>(3, nl);  // S = 2^ls = 8
+  const T qs2 = hd.qscale;
+  std::vector<T> o(static_cast<std::size_t>(dv)), qi(static_cast<std::size_t>(dk)),
+      vdir(static_cast<std::size_t>(dv));
+  std::vector<T> x(8);
+  std::vector<const T*> vp(8);
   auto build_inner = [&](index_t i0, index_t n, inner_set& in) {
     in.e.clear();
-    for (index_t l = 0; l < nl && (index_t(1) << l) < P; ++l) {
+    for (index_t l = ls; l < nl && (index_t(1) << l) < P; ++l) {
       const index_t c = index_t(1) << l;
       for (index_t t = i0 / c; t * c < std::min(i0 + P, len); ++t)
         if (!hd.causal || t % 2 == 0) in.e.push_back({(t + 1) * c, l, t});
     }
-    for (index_t j = i0; j < std::min(i0 + P, len); ++j) in.e.push_back({j + 1, -1, j});
     std::stable_sort(in.e.begin(), in.e.end(), [](const entry& x, const entry& y) { return x.end < y.end; });
     in.bits.assign(in.e.size(), 0);
     in.count.assign(static_cast<std::size_t>(n), 0);
@@ -269,7 +276,57 @@ void combiner_logsparse(const combiner_head<T>& hd, combiner_workspace<Arch, T>&
     hd.add_summaries(blk, w.pk.data(), w.pv.data(), 0, rows);
     for (std::size_t x = 0; x < in.e.size(); ++x) blk.restrict_row(ns + static_cast<index_t>(x), in.bits[x]);
     blk.run();
-    for (index_t c = 0; c < n; ++c) hd.finish(blk, c, i0 + c);
+    // The direct key and the blocks of levels below S, per query, into its saved state.
+    for (index_t c = 0; c < n; ++c) {
+      const index_t i = i0 + c;
+      T m, l;
+      blk.save(c, dv, o.data(), m, l);
+      index_t ne = 0;
+      auto add = [&](const T* kr, const T* vr) {
+        x[static_cast<std::size_t>(ne)] = qs2 * dot<Arch>(qi.data(), kr, dk);
+        vp[static_cast<std::size_t>(ne++)] = vr;
+      };
+      copy_strided(hd.qrow(i), hd.qs(), dk, qi.data());
+      if (i < len) {
+        const T* kr = w.ks.data() + i * dk;  // level 0 holds the keys themselves
+        const T* vr = hd.v.ptr(hd.b, hd.hkv, i, 0);
+        if (hd.v.stride(3) != 1) {
+          copy_strided(vr, hd.v.stride(3), dv, vdir.data());
+          vr = vdir.data();
+        }
+        add(kr, vr);
+      }
+      for (index_t lv = 1; lv < ls && lv < nl; ++lv) {
+        const index_t f = i >> lv, cl = index_t(1) << lv;
+        index_t t = -1;
+        if (f % 2 == 1)
+          t = (f - 1) * cl < len ? f - 1 : -1;
+        else if (!hd.causal && (f + 1) * cl < len)
+          t = f + 1;
+        if (t < 0) continue;
+        const index_t g = di.offset[static_cast<std::size_t>(lv)] + t;
+        add(w.ks.data() + g * dk, w.es.data() + g * dv);
+      }
+      // level 0 (c = 1) blocks are single keys: the key and value of position i -+ 1
+      if (ls > 0 && nl > 0) {
+        const index_t t = i % 2 == 1 ? i - 1 : (!hd.causal && i + 1 < len ? i + 1 : -1);
+        if (t >= 0 && t < len) add(w.ks.data() + t * dk, w.es.data() + t * dv);
+      }
+      T mx = m;
+      for (index_t e = 0; e < ne; ++e) mx = std::max(mx, x[static_cast<std::size_t>(e)]);
+      const T sh = mx == -std::numeric_limits<T>::infinity() ? T(0) : mx;
+      const T alpha = std::exp2(m - sh);
+      l *= alpha;
+      for (index_t e = 0; e < dv; ++e) o[static_cast<std::size_t>(e)] *= alpha;
+      for (index_t e = 0; e < ne; ++e) {
+        const T p = std::exp2(x[static_cast<std::size_t>(e)] - sh);
+        l += p;
+        axpy<Arch>(dv, p, vp[static_cast<std::size_t>(e)], o.data());
+      }
+      const T inv = l > T(0) ? T(1) / l : T(0);
+      T* orow = hd.out.row(i);
+      for (index_t e = 0; e < dv; ++e) orow[e * hd.out.se] = o[static_cast<std::size_t>(e)] * inv;
+    }
   }
 }
 
