@@ -30,7 +30,6 @@
 //
 //   bench_attention --benchmark_filter='^(peak|(combiner|full_attention/d:64)/.*L:(1024|16384)/)'
 //   bench_attention --benchmark_filter='^combiner/logsparse/' --threads=1
-#include <unistd.h>
 
 #include <cmath>
 #include <map>
@@ -188,19 +187,6 @@ class fit_reporter : public ab::summary_reporter {
   }
 };
 
-/// ab::run_benchmarks with fit_reporter on the console.
-int run_benchmarks_with_fits() {
-  if (ab::config().format == "console") {
-    fit_reporter rep(isatty(STDOUT_FILENO) ? benchmark::ConsoleReporter::OO_ColorTabular
-                                           : benchmark::ConsoleReporter::OO_Tabular);
-    benchmark::RunSpecifiedBenchmarks(&rep);
-  } else {
-    benchmark::RunSpecifiedBenchmarks();
-  }
-  benchmark::Shutdown();
-  return 0;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -311,5 +297,5 @@ int main(int argc, char** argv) {
     for (bool causal : {false, true})
       for (int t : ab::config().threads) register_combiner_family(kind, causal, t, combiner_lengths);
 
-  return run_benchmarks_with_fits();
+  return ab::run_benchmarks<fit_reporter>();
 }

@@ -332,11 +332,13 @@ class summary_reporter : public benchmark::ConsoleReporter {
   }
 };
 
-/// Runs the registered benchmarks (console: with summary_reporter) and shuts Google Benchmark down.
-inline int run_benchmarks() {
+/// Runs the registered benchmarks (console: with Reporter, a summary_reporter by default) and shuts
+/// Google Benchmark down.
+template <class Reporter = summary_reporter>
+int run_benchmarks() {
   if (config().format == "console") {
-    summary_reporter rep(isatty(STDOUT_FILENO) ? benchmark::ConsoleReporter::OO_ColorTabular
-                                               : benchmark::ConsoleReporter::OO_Tabular);
+    Reporter rep(isatty(STDOUT_FILENO) ? benchmark::ConsoleReporter::OO_ColorTabular
+                                       : benchmark::ConsoleReporter::OO_Tabular);
     benchmark::RunSpecifiedBenchmarks(&rep);
   } else {
     benchmark::RunSpecifiedBenchmarks();

@@ -102,6 +102,22 @@ struct cspec {
   double range = 1;  // q and k uniform in [-range, range)
 };
 
+/// A spec of B batch entries (key lengths `lens`), H query heads over Hkv kv heads, L positions.
+cspec make_spec(index_t B, index_t H, index_t Hkv, index_t L, index_t dk, index_t dv, bool causal,
+                std::vector<std::int64_t> lens, combiner_pooling pooling = combiner_pooling::max) {
+  cspec s;
+  s.B = B;
+  s.H = H;
+  s.Hkv = Hkv;
+  s.L = L;
+  s.dk = dk;
+  s.dv = dv;
+  s.causal = causal;
+  s.pooling = pooling;
+  s.key_lengths = std::move(lens);
+  return s;
+}
+
 std::string describe(const cspec& s) {
   std::ostringstream os;
   os << "B=" << s.B << " H=" << s.H << " Hkv=" << s.Hkv << " L=" << s.L << " dk=" << s.dk << " dv=" << s.dv
@@ -336,16 +352,7 @@ std::vector<std::array<index_t, 2>> factorizations(index_t L) {
 
 /// The sweep's batch: two entries, the second with padding (and none when L = 1).
 cspec sweep_spec(index_t L, bool causal, combiner_pooling pooling) {
-  cspec s;
-  s.B = 2;
-  s.H = 2;
-  s.Hkv = 1;
-  s.L = L;
-  s.dk = 8;
-  s.dv = 5;
-  s.causal = causal;
-  s.pooling = pooling;
-  s.key_lengths = std::vector<std::int64_t>{L, (2 * L) / 3};
+  cspec s = make_spec(2, 2, 1, L, 8, 5, causal, {L, (2 * L) / 3}, pooling);
   return s;
 }
 
@@ -553,16 +560,7 @@ TEMPLATE_TEST_CASE("combiner: plans that reduce to exact attention equal full_at
   for (index_t L : {1, 7, 33, 100, 129})
     for (bool causal : {false, true})
       for (combiner_pooling pool : kPoolings) {
-        cspec s;
-        s.B = 2;
-        s.H = 4;
-        s.Hkv = 2;
-        s.L = L;
-        s.dk = 16;
-        s.dv = 8;
-        s.causal = causal;
-        s.pooling = pool;
-        s.key_lengths = std::vector<std::int64_t>{L, (L + 1) / 2};
+        cspec s = make_spec(2, 4, 2, L, 16, 8, causal, {L, (L + 1) / 2}, pool);
         const auto d = make_cdata(s, ++salt);
         attnkit::attention_options ao;
         ao.mask.causal = causal ? attnkit::causal_mode::top_left : attnkit::causal_mode::none;
@@ -747,15 +745,7 @@ void check_causal(cspec s, const any_plan& plan, std::uint64_t salt, bool pertur
 }
 
 cspec causal_spec(index_t L) {
-  cspec s;
-  s.B = 2;
-  s.H = 4;
-  s.Hkv = 2;
-  s.L = L;
-  s.dk = 16;
-  s.dv = 8;
-  s.causal = true;
-  s.key_lengths = std::vector<std::int64_t>{L, L - 10};
+  cspec s = make_spec(2, 4, 2, L, 16, 8, true, {L, L - 10});
   return s;
 }
 
@@ -795,16 +785,7 @@ TEMPLATE_TEST_CASE("combiner: padding keys (key_lengths 0, 1, partial, L) are ne
   const index_t L = 60;
   for (bool causal : {false, true})
     for (combiner_pooling pool : kPoolings) {
-      cspec s;
-      s.B = 4;
-      s.H = 4;
-      s.Hkv = 2;
-      s.L = L;
-      s.dk = 16;
-      s.dv = 8;
-      s.causal = causal;
-      s.pooling = pool;
-      s.key_lengths = std::vector<std::int64_t>{0, L, 31, 1};
+      cspec s = make_spec(4, 4, 2, L, 16, 8, causal, {0, L, 31, 1}, pool);
       const auto ps = make_plans(L, 6, s.B, s.Hkv, s.dk, ++salt);
       for (const any_plan& plan : ps.plans) {
         INFO(describe(s) << " plan " << any_name(plan));
@@ -952,15 +933,7 @@ TEMPLATE_TEST_CASE("combiner: output bits do not depend on the thread count", "[
   using T = TestType;
   std::uint64_t salt = 1100;
   for (bool causal : {false, true}) {
-    cspec s;
-    s.B = 2;
-    s.H = 4;
-    s.Hkv = 2;
-    s.L = 150;
-    s.dk = 16;
-    s.dv = 8;
-    s.causal = causal;
-    s.key_lengths = std::vector<std::int64_t>{150, 97};
+    cspec s = make_spec(2, 4, 2, 150, 16, 8, causal, {150, 97});
     const auto ps = make_plans(s.L, 10, s.B, s.Hkv, s.dk, ++salt);
     const auto d = make_cdata(s, ++salt);
     const auto in = to_type<T>(d);
