@@ -1141,7 +1141,8 @@ TEST_CASE("combiner: invalid arguments throw attnkit::invalid_argument and leave
 }
 
 TEST_CASE("combiner: empty extents do nothing", "[combiner][shapes]") {
-  std::vector<double> q(64, 0.5), k(64, 0.25), v(64, 1.0), o(64, -3.0);
+  // 128 elements hold every shape below (the largest, 2 x 2 x 6 x 4, has 96)
+  std::vector<double> q(128, 0.5), k(128, 0.25), v(128, 1.0), o(128, -3.0);
   const std::vector<double> o_before = o;
   std::vector<std::int32_t> ids(8, 0);
   std::vector<float> mu(64, 0.5f);
