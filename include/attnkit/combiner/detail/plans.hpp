@@ -517,7 +517,6 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
   // Causal. Summaries per segment a: column 0 pools the whole segment (for queries whose cluster
   // is not in it), column 1 + x pools it minus its x-th present cluster (empty ones are dropped).
   const index_t s = span, nseg = (L + s - 1) / s, nvs = (len + s - 1) / s;
-  std::vector<index_t> seg_first(static_cast<std::size_t>(nvs) + 1, 0);  // first summary of segment a
   std::vector<std::vector<std::int32_t>> present(static_cast<std::size_t>(nvs));
   std::vector<std::vector<index_t>> sidx(
       static_cast<std::size_t>(nvs));  // summary index per column (-1: empty)
@@ -535,7 +534,6 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
       for (index_t j = j0; j < j1 && !other; ++j) other = id[static_cast<std::size_t>(j)] != c;
       si.push_back(other ? ng++ : -1);
     }
-    seg_first[static_cast<std::size_t>(a) + 1] = ng;
   }
   w.ks.resize(static_cast<std::size_t>(ng * dk));
   w.es.resize(static_cast<std::size_t>(ng * dv));
@@ -628,9 +626,8 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
     const index_t last = std::min(qc.back() / s, nvs);  // segments [0, last) are needed
     const std::vector<index_t> none;
     const auto& mc = c < ncl ? members[static_cast<std::size_t>(c)] : none;
-    index_t rows = 0;
-    for (index_t a = 0; a < last; ++a) rows += 1;
-    rows += static_cast<index_t>(mc.size());
+    const index_t rows =
+        last + static_cast<index_t>(mc.size());  // at most a summary per segment, and members
     w.pk.resize(static_cast<std::size_t>(std::max<index_t>(rows, 1) * dk));
     w.pv.resize(static_cast<std::size_t>(std::max<index_t>(rows, 1) * dv));
     index_t r = 0;
@@ -663,7 +660,6 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
       for (index_t x = 0; x < n; ++x) hd.finish(blk, x, qi(x));
     }
   }
-  (void)seg_first;
 }
 
 }  // namespace detail
