@@ -21,3 +21,5 @@
 #include "favor/options.hpp"
 #include "full/attention.hpp"
 #include "full/reference.hpp"
+#include "lambda/attention.hpp"
+#include "lambda/options.hpp"
