@@ -72,7 +72,7 @@ struct lambda_prefix {
 /// Per-thread scratch.
 template <class T>
 struct lambda_workspace {
-  std::vector<T> kbar, c, y;
+  std::vector<T> kbar, c, y, a;
   lambda_prefix<T> prefix;
 };
 
@@ -231,7 +231,7 @@ class lambda_kernel {
       } else {
         std::copy(lc_.data() + b * kv, lc_.data() + (b + 1) * kv, cm);
       }
-      add_position(b, n, end, cm);
+      add_position(b, n, end, cm, w.a);
       // Y[n] = Q[n] C
       lambda_product<Arch, false>(s_.h, s_.k, q_.ptr(b, n, 0, 0), q_.stride(2), q_.stride(3), cm, vp_,
                                   w.y.data(), vp_, vp_);
@@ -255,7 +255,7 @@ class lambda_kernel {
   }
 
   /// C += the position lambda of query n over the context positions [0, end).
-  void add_position(index_t b, index_t n, index_t end, T* cm) const {
+  void add_position(index_t b, index_t n, index_t end, T* cm, std::vector<T>& ga) const {
     const T* vb = vp(b);
     const index_t U = s_.u;
     switch (pos_.kind) {
@@ -277,14 +277,38 @@ class lambda_kernel {
     const index_t y = n / Wd, x = n % Wd;
     const index_t cy = rel ? H - 1 : rh / 2, cx = rel ? Wd - 1 : rw / 2;  // table index of offset 0
     const index_t ya = std::max<index_t>(0, y - cy), yb = std::min<index_t>(H, y - cy + rh);
+    const index_t xa = std::max<index_t>(0, x - cx), xw = std::min<index_t>(Wd, x - cx + rw);
+    const index_t tx = xa - x + cx;
+    auto table = [&](index_t yy, index_t kk) {
+      return rp_.data() + (((yy - y + cy) * s_.k + kk) * rw + tx) * U;
+    };
+    if (xa == 0 && xw == Wd) {
+      // Whole rows (every relative term; local terms wider than the grid): the window's value rows
+      // are contiguous, so gather its table rows into one [k, (m, u)] panel and make one product
+      // over all of them (a per-query panel, k x m, never an [n, m] map).
+      const index_t m0 = ya * Wd, m1 = std::min(yb * Wd, end);
+      if (m1 <= m0) return;
+      const index_t kc = (m1 - m0) * U;
+      ga.resize(static_cast<std::size_t>(s_.k * kc));
+      for (index_t kk = 0; kk < s_.k; ++kk)
+        for (index_t yy = ya; yy * Wd < m1; ++yy) {
+          const T* src = table(yy, kk);
+          std::copy(src, src + (std::min(Wd, m1 - yy * Wd)) * U, ga.data() + kk * kc + (yy - ya) * Wd * U);
+        }
+      // In slices of kb value rows: the slice of one column chunk (kb x NV registers, 24 KiB in
+      // float) stays in L1 for every row tile of the k rows.
+      constexpr index_t kb = 192 * 4 / static_cast<index_t>(sizeof(T));
+      for (index_t p0 = 0; p0 < kc; p0 += kb)
+        lambda_product<Arch, true>(s_.k, std::min(kb, kc - p0), ga.data() + p0, kc, index_t(1),
+                                   vb + (m0 * U + p0) * vp_, vp_, cm, vp_, vp_);
+      return;
+    }
+    // A window narrower than the grid: one product per key row over its columns [xa, xb).
     for (index_t yy = ya; yy < yb; ++yy) {
-      const index_t xa = std::max<index_t>(0, x - cx);
-      const index_t xb = std::min({Wd, x - cx + rw, end - yy * Wd});
+      const index_t xb = std::min(xw, end - yy * Wd);
       if (xb <= xa) continue;
-      const index_t ty = yy - y + cy, tx = xa - x + cx;
-      const T* a = rp_.data() + ((ty * s_.k) * rw + tx) * U;
-      lambda_product<Arch, true>(s_.k, (xb - xa) * U, a, rw * U, index_t(1), vb + (yy * Wd + xa) * U * vp_,
-                                 vp_, cm, vp_, vp_);
+      lambda_product<Arch, true>(s_.k, (xb - xa) * U, table(yy, 0), rw * U, index_t(1),
+                                 vb + (yy * Wd + xa) * U * vp_, vp_, cm, vp_, vp_);
     }
   }
 
