@@ -9,6 +9,8 @@
 //
 //   attention_memory                      # L in {8192, 16384, 32768}, H = 1, d = 64, threads 1 and all
 //   attention_memory --L=4096,65536 --d=128 --heads=2 --threads=1 --causal
+//   attention_memory --lambda --side=64 --batch=8   # lambda_attention, global relative term, vs
+//                                                    # the attention maps of 4-head attention
 #include <malloc.h>
 
 #include <atomic>
@@ -72,6 +74,75 @@ bool reset_hwm() {
   return static_cast<bool>(f);
 }
 
+/// What one call allocated: heap peak over the bytes live before it, RSS high-water growth.
+struct call_memory {
+  double heap_kib = 0.0, rss_kib = -1.0, secs = 0.0;
+  long long allocs = 0;
+};
+
+template <class F>
+call_memory measure_call(int threads, F&& call) {
+  // Warm up the OpenMP thread pool (its stacks and runtime state are not the kernel's).
+  attnkit_bench::run_peak_sample(threads, 1000);
+  const long long live0 = g_live.load();
+  const long long count0 = g_count.load();
+  g_peak.store(live0);
+  const bool hwm_ok = reset_hwm();
+  const long long rss0 = proc_kb("VmRSS:");
+  const double t0 = attnkit_bench::now_seconds();
+  call();
+  call_memory m;
+  m.secs = attnkit_bench::now_seconds() - t0;
+  const long long hwm = proc_kb("VmHWM:");
+  m.heap_kib = static_cast<double>(g_peak.load() - live0) / 1024.0;
+  if (hwm_ok) m.rss_kib = static_cast<double>(hwm - rss0);
+  m.allocs = g_count.load() - count0;
+  return m;
+}
+
+std::string kib_string(double kib) {
+  char b[32];
+  if (kib < 0)
+    std::snprintf(b, sizeof b, "n/a");
+  else
+    std::snprintf(b, sizeof b, "%.1f KiB", kib);
+  return b;
+}
+
+/// --lambda: lambda_attention with the global relative term on side x side maps (h = 4, k = 16,
+/// u = 1, v = d / 4), against the attention maps of 4-head attention over the same tokens and batch
+/// (B * 4 * L^2 fp32), which any attention that materializes them per head would hold.
+int run_lambda(const std::vector<long>& sides, long d, long batch, const std::vector<int>& threads) {
+  namespace ab = attnkit_bench;
+  std::printf(
+      "attnkit lambda_attention (global relative, h=4 k=16 u=1 v=%ld, fp32, B=%ld, SIMD %s): extra memory of "
+      "one call\n",
+      d / 4, batch, attnkit::simd::native::name);
+  std::printf("inputs and output are allocated and filled before the call (not counted).\n");
+  std::printf("%9s %7s %10s %12s %14s %16s %10s %9s\n", "map", "threads", "allocs", "heap peak",
+              "RSS HWM delta", "4-head maps", "heap/maps", "time s");
+  for (long side : sides) {
+    ab::lambda_case c(ab::lambda_term::relative, side, d, 1, 0, batch);
+    const double maps_kib = static_cast<double>(batch) * 4.0 * static_cast<double>(c.n()) *
+                            static_cast<double>(c.n()) * 4.0 / 1024.0;
+    for (int t : threads) {
+      const call_memory m = measure_call(t, [&] { c.run(t); });
+      char map[32], maps[32];
+      std::snprintf(map, sizeof map, "%ldx%ld", side, side);
+      std::snprintf(maps, sizeof maps, "%.1f MiB", maps_kib / 1024.0);
+      std::printf("%9s %7d %10lld %12s %14s %16s %10.4f %9.2f\n", map, t, m.allocs,
+                  kib_string(m.heap_kib).c_str(), kib_string(m.rss_kib).c_str(), maps, m.heap_kib / maps_kib,
+                  m.secs);
+      std::fflush(stdout);
+    }
+  }
+  std::printf(
+      "heap peak: bytes allocated through operator new and live at once during the call (the repacked\n"
+      "values, the repacked table, per-thread k x v lambdas and k x m table panels);\n"
+      "4-head maps: B * 4 * L * L * 4 bytes, the attention maps of 4-head attention over the same tokens.\n");
+  return 0;
+}
+
 std::vector<long> parse_list(const char* s) {
   std::vector<long> v;
   std::stringstream ss(s);
@@ -118,26 +189,38 @@ int main(int argc, char** argv) {
   std::vector<long> lengths{8192, 16384, 32768};
   long d = 64, heads = 1;
   std::vector<int> threads = ab::default_thread_counts();
-  bool causal = false;
+  bool causal = false, lambda = false;
+  std::vector<long> sides{64};
+  long batch = 1;
+  bool d_given = false;
   for (int i = 1; i < argc; ++i) {
     const char* a = argv[i];
     if (std::strncmp(a, "--L=", 4) == 0) {
       lengths = parse_list(a + 4);
     } else if (std::strncmp(a, "--d=", 4) == 0) {
       d = std::atol(a + 4);
+      d_given = true;
     } else if (std::strncmp(a, "--heads=", 8) == 0) {
       heads = std::atol(a + 8);
     } else if (std::strncmp(a, "--threads=", 10) == 0) {
       threads = ab::parse_thread_list(a + 10);
     } else if (std::strcmp(a, "--causal") == 0) {
       causal = true;
+    } else if (std::strcmp(a, "--lambda") == 0) {
+      lambda = true;
+    } else if (std::strncmp(a, "--side=", 7) == 0) {
+      sides = parse_list(a + 7);
+    } else if (std::strncmp(a, "--batch=", 8) == 0) {
+      batch = std::atol(a + 8);
     } else {
       std::fprintf(stderr,
-                   "usage: %s [--L=8192,16384,32768] [--d=64] [--heads=1] [--threads=1,2] [--causal]\n",
-                   argv[0]);
+                   "usage: %s [--L=8192,16384,32768] [--d=64] [--heads=1] [--threads=1,2] [--causal]\n"
+                   "       %s --lambda [--side=64] [--d=256] [--batch=1] [--threads=1,2]\n",
+                   argv[0], argv[0]);
       return 2;
     }
   }
+  if (lambda) return run_lambda(sides, d_given ? d : 256, batch, threads);
 
   std::printf("attnkit full_attention: extra memory of one call (fp32, B=1, H=%ld, d=%ld, %s, SIMD %s)\n",
               heads, d, causal ? "causal" : "non-causal", attnkit::simd::native::name);
@@ -153,30 +236,13 @@ int main(int argc, char** argv) {
       attnkit::attention_options opt;
       opt.threads = t;
       opt.mask.causal = spec.causal;
-      // Warm up the OpenMP thread pool (its stacks and runtime state are not the kernel's).
-      ab::run_peak_sample(t, 1000);
-      const long long live0 = g_live.load();
-      const long long count0 = g_count.load();
-      g_peak.store(live0);
-      const bool hwm_ok = reset_hwm();
-      const long long rss0 = proc_kb("VmRSS:");
-      const double t0 = ab::now_seconds();
-      attnkit::full_attention(p.q.cview(), p.k.cview(), p.v.cview(), p.out.view(), opt);
-      const double secs = ab::now_seconds() - t0;
-      const long long hwm = proc_kb("VmHWM:");
-      const double heap_kib = static_cast<double>(g_peak.load() - live0) / 1024.0;
-      char rss[32];
-      if (hwm_ok)
-        std::snprintf(rss, sizeof rss, "%.1f KiB", static_cast<double>(hwm - rss0));
-      else
-        std::snprintf(rss, sizeof rss, "n/a");
-      char heap[32];
-      std::snprintf(heap, sizeof heap, "%.1f KiB", heap_kib);
+      const call_memory m = measure_call(
+          t, [&] { attnkit::full_attention(p.q.cview(), p.k.cview(), p.v.cview(), p.out.view(), opt); });
       char ref[32];
       std::snprintf(ref, sizeof ref, "%.0f MiB",
                     static_cast<double>(L) * static_cast<double>(L) * 4.0 / (1 << 20));
-      std::printf("%7ld %7d %11.1f %10lld %12s %14s %14s %10.2f\n", L, t, inputs_mib, g_count.load() - count0,
-                  heap, rss, ref, secs);
+      std::printf("%7ld %7d %11.1f %10lld %12s %14s %14s %10.2f\n", L, t, inputs_mib, m.allocs,
+                  kib_string(m.heap_kib).c_str(), kib_string(m.rss_kib).c_str(), ref, m.secs);
       std::fflush(stdout);
     }
   }

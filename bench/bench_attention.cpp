@@ -30,6 +30,15 @@
 //
 //   bench_attention --benchmark_filter='^(peak|(combiner|full_attention/d:64)/.*L:(1024|16384)/)'
 //   bench_attention --benchmark_filter='^combiner/logsparse/' --threads=1
+//
+// Lambda (lambda_attention, h = 4, k = 16, v = d / 4): lambda/local/d:<d>/u:4/r:23/L:<pixels>/threads:<t>
+// and lambda/relative/d:<d>/u:1/L:<pixels>/threads:<t> on the ResNet stages 56x56 d=256, 28x28 d=512,
+// 14x14 d=1024, beside full_attention/d:<d/4>/L:<pixels>/H:4 (exact 4-head attention, the same output
+// width over the same tokens); whole calls. pos_pct_peak: the position-lambda products' FLOPs over the
+// whole call's time, as a percentage of the peak. lambda/local/d:256 runs 56x56 .. 160x160 (maps at least
+// twice the scope: fewer clipped border windows) and fits time against the pixel count (N).
+//
+//   bench_attention --benchmark_filter='^(peak|lambda/|full_attention/d:(64|128|256)/L:(3136|784|196)/H:4/)'
 
 #include <cmath>
 #include <map>
@@ -114,6 +123,50 @@ void register_combiner_family(ab::combiner_kind kind, bool causal, int threads,
   ab::with_defaults(b->UseManualTime());
 }
 
+/// The lambda problem of (term, pixels, d, u, r), built on first use outside the timing and kept.
+ab::lambda_case& lambda_entry(ab::lambda_term term, index_t side, index_t d, index_t u, index_t r) {
+  static std::map<std::tuple<ab::lambda_term, index_t, index_t, index_t, index_t>,
+                  std::unique_ptr<ab::lambda_case>>
+      cases;
+  auto& c = cases[std::make_tuple(term, side, d, u, r)];
+  if (!c) c = std::make_unique<ab::lambda_case>(term, side, d, u, r);
+  return *c;
+}
+
+/// Registers the family lambda/<term>/d:<d>/u:<u>[/r:<r>] over square maps of side^2 = L pixels for
+/// one thread count: whole calls of lambda_attention. Counters: GFLOP/s and pct_peak of every
+/// product, pos_pct_peak of the position-lambda products alone (their FLOPs over the whole time).
+/// With `fit`, the family fits time against L (linear for local terms).
+void register_lambda_family(ab::lambda_term term, index_t d, index_t u, index_t r, int threads,
+                            const std::vector<index_t>& sides, bool fit) {
+  std::string family = std::string("lambda/") + ab::lambda_term_name(term) + "/d:" + std::to_string(d) +
+                       "/u:" + std::to_string(u);
+  if (term == ab::lambda_term::local) family += "/r:" + std::to_string(r);
+  auto* b = benchmark::RegisterBenchmark(family.c_str(), [=](benchmark::State& st) {
+    const index_t L = st.range(0),
+                  side = static_cast<index_t>(std::lround(std::sqrt(static_cast<double>(L))));
+    st.SetComplexityN(L);
+    try {
+      ab::lambda_case& c = lambda_entry(term, side, d, u, r);
+      for (auto _ : st) {
+        const double t0 = ab::now_seconds();
+        c.run(threads);
+        st.SetIterationTime(ab::now_seconds() - t0);
+      }
+      ab::set_flop_counters(st, c.flops(), threads);
+      st.counters["pos_pct_peak"] =
+          ab::rate(c.position_flops() * 100.0 / (ab::peak_gflops_single() * 1e9 * threads));
+      st.SetLabel(c.describe());
+    } catch (const std::exception& ex) {
+      st.SkipWithError(ex.what());
+    }
+  });
+  b->ArgNames({"L", "threads"});
+  for (index_t side : sides) b->Args({side * side, threads});
+  if (fit) b->Complexity(benchmark::oN);
+  ab::with_defaults(b->UseManualTime());
+}
+
 /// ab::summary_reporter plus the complexity fits of the families (Google Benchmark names a fit
 /// after the family, "combiner/<plan>/d:64", whatever the mask and threads, and summary_reporter
 /// shows min/max only): after the summary, one line per family that ran two lengths or more, named
@@ -143,7 +196,9 @@ class fit_reporter : public ab::summary_reporter {
       }
       if (r.report_big_o) {
         fits_.back().coef = r.real_accumulated_time;  // seconds per unit of f(N)
-        fits_.back().f = r.complexity == benchmark::oNLogN ? "N lgN" : "N^1.5";
+        fits_.back().f = r.complexity == benchmark::oNLogN ? "N lgN"
+                         : r.complexity == benchmark::oN   ? "N"
+                                                           : "N^1.5";
       } else {
         fits_.back().rms = r.GetAdjustedRealTime();  // relative
       }
@@ -296,6 +351,22 @@ int main(int argc, char** argv) {
   for (ab::combiner_kind kind : ab::combiner_kinds())
     for (bool causal : {false, true})
       for (int t : ab::config().threads) register_combiner_family(kind, causal, t, combiner_lengths);
+
+  // Lambda layers (lambda_attention on projected inputs; h = 4, k = 16, v = d / 4) on the stages
+  // of a ResNet (56x56 d=256, 28x28 d=512, 14x14 d=1024): local r = 23 with u = 4 (LambdaResNet's
+  // lambda convolution) and the global relative term with u = 1; beside the exact 4-head attention
+  // with the same output width over the same tokens (head dimension d / 4). The local family over
+  // 56x56 .. 160x160 at d = 256 fits time against the pixel count (linear).
+  const std::pair<index_t, index_t> stages[] = {{56, 256}, {28, 512}, {14, 1024}};
+  for (int t : ab::config().threads) {
+    for (auto [side, d] : stages) {
+      if (d != 256) register_lambda_family(ab::lambda_term::local, d, 4, 23, t, {side}, false);
+      register_lambda_family(ab::lambda_term::relative, d, 1, 0, t, {side}, false);
+      const auto spec = ab::attention_spec::self(side * side, d / 4, 4);
+      ab::register_attention(ab::attention_name("full_attention", spec, t), spec, t, ab::full_attention_fn());
+    }
+    register_lambda_family(ab::lambda_term::local, 256, 4, 23, t, {56, 80, 112, 160}, true);
+  }
 
   return ab::run_benchmarks<fit_reporter>();
 }

@@ -954,6 +954,87 @@ inline attention_fn combiner_attention_fn(std::shared_ptr<const combiner_case> c
   };
 }
 
+// ----------------------------------------------------------------------------------------------
+// Lambda layers (lambda_attention on projected inputs)
+
+/// The position term of a lambda benchmark: local (lambda convolution of scope r x r) or global
+/// relative (a [2H-1, 2W-1, k, u] table on the side x side grid).
+enum class lambda_term { local, relative };
+
+inline const char* lambda_term_name(lambda_term t) { return t == lambda_term::local ? "local" : "relative"; }
+
+/// One lambda_attention problem on a side x side feature map of d channels, as a lambda layer of
+/// LambdaResNet would run it: h = 4 queries of k = 16 per position, intra-depth u, v = d / h, so
+/// the output has d channels like `h`-head attention with head dimension d / h. Inputs uniform in
+/// [-1, 1), built once.
+struct lambda_case {
+  lambda_term term = lambda_term::local;
+  index_t B = 1, side = 0, d = 0, h = 4, k = 16, u = 1, v = 0, r = 0;
+  attnkit::tensor<float, 4> q, keys, values, table;
+  attnkit::tensor<float, 3> out;
+
+  lambda_case(lambda_term t, index_t side_, index_t d_, index_t u_, index_t r_, index_t batch = 1)
+      : term(t),
+        B(batch),
+        side(side_),
+        d(d_),
+        u(u_),
+        v(d_ / 4),
+        r(t == lambda_term::local ? r_ : 2 * side_ - 1),
+        q({B, side * side, h, k}),
+        keys({B, side * side, k, u}),
+        values({B, side * side, v, u}),
+        table({r, r, k, u}),
+        out({B, side * side, h * v}) {
+    fill_uniform(q, 11);
+    fill_uniform(keys, 12);
+    fill_uniform(values, 13);
+    fill_uniform(table, 14, -0.1f, 0.1f);
+  }
+  index_t n() const { return side * side; }
+  attnkit::lambda_position<float> position() const {
+    const attnkit::lambda_grid g{side, side};
+    return term == lambda_term::local ? attnkit::lambda_position<float>::local(table.view(), g)
+                                      : attnkit::lambda_position<float>::relative(table.view(), g);
+  }
+  void run(int threads) {
+    attnkit::lambda_options o;
+    o.threads = threads;
+    attnkit::lambda_attention(q.view(), keys.view(), values.view(), position(), out.view(), o);
+  }
+  /// FLOPs of the position lambdas: 2 k u v per (query, context position) pair of its window
+  /// (border windows clipped: zero padding costs nothing).
+  double position_flops() const {
+    const index_t c = r / 2;
+    double pairs = 0.0;
+    for (index_t y = 0; y < side; ++y) {
+      const double rows = static_cast<double>(std::min(side, y - c + r) - std::max<index_t>(0, y - c));
+      for (index_t x = 0; x < side; ++x)
+        pairs += rows * static_cast<double>(std::min(side, x - c + r) - std::max<index_t>(0, x - c));
+    }
+    return 2.0 * static_cast<double>(k * u * v * B) * pairs;
+  }
+  /// All products: content lambda (2 m u k v), position lambdas, and Y = Q lambda (2 n h k v).
+  double flops() const {
+    const double nb = static_cast<double>(n() * B);
+    return position_flops() + 2.0 * nb * static_cast<double>(u * k * v) +
+           2.0 * nb * static_cast<double>(h * k * v);
+  }
+  /// "local r=23 u=4 k=16 h=4 v=64, 56x56x256"
+  std::string describe() const {
+    std::string s = std::string(lambda_term_name(term));
+    if (term == lambda_term::local) s += " r=" + std::to_string(r);
+    return s + " u=" + std::to_string(u) + " k=" + std::to_string(k) + " h=" + std::to_string(h) +
+           " v=" + std::to_string(v) + ", B" + std::to_string(B) + " " + std::to_string(side) + "x" +
+           std::to_string(side) + "x" + std::to_string(d);
+  }
+  /// The exact multi-head attention with the same output width over the same tokens: h heads of
+  /// dimension d / h on L = side^2 tokens.
+  attention_spec exact_spec() const {
+    return attention_spec::self(n(), d / h, h, attnkit::causal_mode::none, B);
+  }
+};
+
 /// ||a - b||_F / ||b||_F over two equally shaped views: the relative error of an approximation `a`
 /// of `b` (NaN when any difference is NaN).
 inline double relative_error(const attnkit::tensor_view<const float, 4>& a,
