@@ -963,37 +963,44 @@ enum class lambda_term { local, relative };
 
 inline const char* lambda_term_name(lambda_term t) { return t == lambda_term::local ? "local" : "relative"; }
 
-/// One lambda_attention problem on a side x side feature map of d channels, as a lambda layer of
-/// LambdaResNet would run it: h = 4 queries of k = 16 per position, intra-depth u, v = d / h, so
-/// the output has d channels like `h`-head attention with head dimension d / h. Inputs uniform in
+/// One lambda_attention problem on a rows x cols feature map of d channels, as a lambda layer of
+/// LambdaResNet would run it: h queries (default 4) of k = 16 per position, intra-depth u, v = d / h,
+/// so the output has d channels like h-head attention with head dimension d / h. Inputs uniform in
 /// [-1, 1), built once.
 struct lambda_case {
   lambda_term term = lambda_term::local;
-  index_t B = 1, side = 0, d = 0, h = 4, k = 16, u = 1, v = 0, r = 0;
+  index_t B = 1, rows = 0, cols = 0, d = 0, h = 4, k = 16, u = 1, v = 0, rh = 0, rw = 0;
   attnkit::tensor<float, 4> q, keys, values, table;
   attnkit::tensor<float, 3> out;
 
-  lambda_case(lambda_term t, index_t side_, index_t d_, index_t u_, index_t r_, index_t batch = 1)
+  /// Square side x side maps; local terms of scope r x r, relative tables [2 side - 1, 2 side - 1].
+  lambda_case(lambda_term t, index_t side, index_t d_, index_t u_, index_t r, index_t batch = 1)
+      : lambda_case(t, side, side, d_, u_, r, batch) {}
+  lambda_case(lambda_term t, index_t rows_, index_t cols_, index_t d_, index_t u_, index_t r, index_t batch,
+              index_t heads = 4)
       : term(t),
         B(batch),
-        side(side_),
+        rows(rows_),
+        cols(cols_),
         d(d_),
+        h(heads),
         u(u_),
-        v(d_ / 4),
-        r(t == lambda_term::local ? r_ : 2 * side_ - 1),
-        q({B, side * side, h, k}),
-        keys({B, side * side, k, u}),
-        values({B, side * side, v, u}),
-        table({r, r, k, u}),
-        out({B, side * side, h * v}) {
+        v(d_ / heads),
+        rh(t == lambda_term::local ? r : 2 * rows_ - 1),
+        rw(t == lambda_term::local ? r : 2 * cols_ - 1),
+        q({B, rows * cols, h, k}),
+        keys({B, rows * cols, k, u}),
+        values({B, rows * cols, v, u}),
+        table({rh, rw, k, u}),
+        out({B, rows * cols, h * v}) {
     fill_uniform(q, 11);
     fill_uniform(keys, 12);
     fill_uniform(values, 13);
     fill_uniform(table, 14, -0.1f, 0.1f);
   }
-  index_t n() const { return side * side; }
+  index_t n() const { return rows * cols; }
   attnkit::lambda_position<float> position() const {
-    const attnkit::lambda_grid g{side, side};
+    const attnkit::lambda_grid g{rows, cols};
     return term == lambda_term::local ? attnkit::lambda_position<float>::local(table.view(), g)
                                       : attnkit::lambda_position<float>::relative(table.view(), g);
   }
@@ -1005,14 +1012,14 @@ struct lambda_case {
   /// FLOPs of the position lambdas: 2 k u v per (query, context position) pair of its window
   /// (border windows clipped: zero padding costs nothing).
   double position_flops() const {
-    const index_t c = r / 2;
-    double pairs = 0.0;
-    for (index_t y = 0; y < side; ++y) {
-      const double rows = static_cast<double>(std::min(side, y - c + r) - std::max<index_t>(0, y - c));
-      for (index_t x = 0; x < side; ++x)
-        pairs += rows * static_cast<double>(std::min(side, x - c + r) - std::max<index_t>(0, x - c));
-    }
-    return 2.0 * static_cast<double>(k * u * v * B) * pairs;
+    auto span = [](index_t extent, index_t r, index_t i) {
+      const index_t c = r / 2;
+      return static_cast<double>(std::min(extent, i - c + r) - std::max<index_t>(0, i - c));
+    };
+    double ys = 0.0, xs = 0.0;
+    for (index_t y = 0; y < rows; ++y) ys += span(rows, rh, y);
+    for (index_t x = 0; x < cols; ++x) xs += span(cols, rw, x);
+    return 2.0 * static_cast<double>(k * u * v * B) * ys * xs;
   }
   /// All products: content lambda (2 m u k v), position lambdas, and Y = Q lambda (2 n h k v).
   double flops() const {
@@ -1020,18 +1027,13 @@ struct lambda_case {
     return position_flops() + 2.0 * nb * static_cast<double>(u * k * v) +
            2.0 * nb * static_cast<double>(h * k * v);
   }
-  /// "local r=23 u=4 k=16 h=4 v=64, 56x56x256"
+  /// "local r=23 u=4 k=16 h=4 v=64, B1 56x56x256"
   std::string describe() const {
     std::string s = std::string(lambda_term_name(term));
-    if (term == lambda_term::local) s += " r=" + std::to_string(r);
+    if (term == lambda_term::local) s += " r=" + std::to_string(rh);
     return s + " u=" + std::to_string(u) + " k=" + std::to_string(k) + " h=" + std::to_string(h) +
-           " v=" + std::to_string(v) + ", B" + std::to_string(B) + " " + std::to_string(side) + "x" +
-           std::to_string(side) + "x" + std::to_string(d);
-  }
-  /// The exact multi-head attention with the same output width over the same tokens: h heads of
-  /// dimension d / h on L = side^2 tokens.
-  attention_spec exact_spec() const {
-    return attention_spec::self(n(), d / h, h, attnkit::causal_mode::none, B);
+           " v=" + std::to_string(v) + ", B" + std::to_string(B) + " " + std::to_string(rows) + "x" +
+           std::to_string(cols) + "x" + std::to_string(d);
   }
 };
 

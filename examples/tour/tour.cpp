@@ -10,7 +10,7 @@
 // ||out - exact||_F / ||exact||_F against exact attention for operators that approximate softmax
 // (FAVOR+, Combiner), the max abs error against the naive reference for exact ones.
 //
-// Adding an operator (lambda layers, CoAtNet ...) = appending a row in
+// Adding an operator (CoAtNet ...) = appending a row in
 // make_rows(): attention_row() for anything with the attention signature, or a custom tour_row.
 #include <cstdio>
 #include <cstdlib>
@@ -116,6 +116,26 @@ std::vector<tour_row> make_rows(ab::attention_problem& p, const tour_options& o,
       rows.push_back(attention_row("combiner " + plan->describe(), p, causal, versus::exact,
                                    ab::combiner_attention_fn(plan), threads, ab::slicing::heads, 0.75e9,
                                    ab::combiner_flops_fn(plan)));
+  }
+  // Lambda layers: lambda_attention over the same tokens laid out as a grid (ab::combiner_axial_grid,
+  // e.g. 32x64 at L = 2048), `heads` queries of k = 16 sharing each lambda, v = d (the output width
+  // of the attention rows): the global relative term (u = 1) and the local one (lambda convolution,
+  // scope 23x23, u = 4). Bidirectional, whole calls; no error column (a lambda layer is its own
+  // operator, not an estimate of softmax attention).
+  const auto [grid_rows, grid_cols] = ab::combiner_axial_grid(o.L);
+  for (ab::lambda_term term : {ab::lambda_term::relative, ab::lambda_term::local}) {
+    const bool local = term == ab::lambda_term::local;
+    auto c = std::make_shared<ab::lambda_case>(term, grid_rows, grid_cols, o.heads * o.d, local ? 4 : 1, 23,
+                                               o.batch, o.heads);
+    tour_row r;
+    r.op = std::string("lambda ") + (local ? "local r=23 u=4" : "relative u=1");
+    r.shape = "B" + std::to_string(o.batch) + " " + std::to_string(grid_rows) + "x" +
+              std::to_string(grid_cols) + " h" + std::to_string(o.heads) + " k16 v" + std::to_string(o.d) +
+              " fp32";
+    r.flops = c->flops();
+    r.timed_on = "whole call";
+    r.time = [c, threads](int samples) { return ab::min_time_of([&] { c->run(threads); }, samples); };
+    rows.push_back(std::move(r));
   }
   return rows;
 }
@@ -272,7 +292,8 @@ int main(int argc, char** argv) {
       "time: min over %d samples of a few ms each, scaled to one whole call; speed-up: exact attention\n"
       "with the same mask / this row; GFLOP/s counts 4*d per visible (query, key) pair (FAVOR+: its\n"
       "feature and state products, causal chunks whole; Combiner: 4*d per (query, direct key or\n"
-      "summary) pair plus its summaries and routing, see bench/measure.hpp combiner_flops). error:\n"
+      "summary) pair plus its summaries and routing, see bench/measure.hpp combiner_flops; lambda:\n"
+      "2*k*u*v per (query, window position) pair plus its content lambda and Y = Q lambda). error:\n"
       "max |out - reference| (vs reference), or ||out - exact||_F / ||exact||_F (vs exact rel: exact\n"
       "attention with the same mask; Combiner's distribution differs from softmax by design).\n",
       o.samples);
