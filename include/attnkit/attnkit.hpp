@@ -22,4 +22,5 @@
 #include "full/attention.hpp"
 #include "full/reference.hpp"
 #include "lambda/attention.hpp"
+#include "lambda/layer.hpp"
 #include "lambda/options.hpp"
