@@ -92,9 +92,11 @@ struct value_source {
 /// scaled logits (add a bias, set -inf where a key is hidden from a column) when hook_active;
 /// keys at or past a column's kend are hidden from it and never reach its output (not even NaN);
 /// O^T = O^T alpha + V_blk^T P^T for every value source.
-template <class Arch, class T, class Hook>
-void flash_step(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, const T* kp, index_t sk_j,
-                index_t sk_d, const value_source<T>* vs, int nvs, bool hook_active, Hook&& hook) {
+/// NA of the tiling's NV column registers are active (cb.ncols <= NA * W): the products and the
+/// softmax skip the rest (strides stay Br).
+template <class Arch, int NA, class T, class Hook>
+void flash_step_cols(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, const T* kp, index_t sk_j,
+                     index_t sk_d, const value_source<T>* vs, int nvs, bool hook_active, Hook&& hook) {
   using B = simd::batch<T, Arch>;
   using tiling = flash_tiling<T, Arch>;
   constexpr int W = B::size, NV = tiling::NV, MR = tiling::MR;
@@ -110,21 +112,21 @@ void flash_step(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, const 
   tile_args<T> g1;
   if (fused_max) g1.col_max = mnew;
   // S^T = K_blk * Q^T
-  block_product<B, MR, NV, false, false, a_layout::unit_col>(nk, dk, kp, sk_j, sk_d, cb.qt.data(), Br, st, Br,
+  block_product<B, MR, NA, false, false, a_layout::unit_col>(nk, dk, kp, sk_j, sk_d, cb.qt.data(), Br, st, Br,
                                                              g1);
   if (hook_active) hook(st);
   if (masked) {
     const B ninf = B::broadcast(-std::numeric_limits<T>::infinity());
     for (index_t jj = 0; jj < nk; ++jj) {
       const B j = B::broadcast(static_cast<T>(j0 + jj));
-      for (int cv = 0; cv < NV; ++cv) {
+      for (int cv = 0; cv < NA; ++cv) {
         T* sp = st + jj * Br + cv * W;
         select(B::load(kend + cv * W) <= j, ninf, B::load(sp)).store(sp);  // invisible: key_end <= j
       }
     }
   }
   // Online softmax, one column batch at a time.
-  for (int cv = 0; cv < NV; ++cv) {
+  for (int cv = 0; cv < NA; ++cv) {
     const index_t off = cv * W;
     const B m_old = B::load(cb.m.data() + off);
     B mx = B::load(mnew + off);
@@ -170,13 +172,27 @@ void flash_step(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, const 
     if (masked) {
       args.col_limit = kend;
       args.row_base = static_cast<T>(j0);
-      block_product<B, MR, NV, true, true, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot, Br,
+      block_product<B, MR, NA, true, true, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot, Br,
                                                                args);
     } else {
-      block_product<B, MR, NV, true, false, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot, Br,
+      block_product<B, MR, NA, true, false, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot, Br,
                                                                 args);
     }
   }
+}
+
+template <class Arch, class T, class Hook>
+void flash_step(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, const T* kp, index_t sk_j,
+                index_t sk_d, const value_source<T>* vs, int nvs, bool hook_active, Hook&& hook) {
+  constexpr int W = simd::batch<T, Arch>::size, NV = flash_tiling<T, Arch>::NV, NH = NV / 2;
+  // A block of at most half the columns (short Combiner lines, the last block of a sequence) costs half.
+  if constexpr (NH >= 1) {
+    if (cb.ncols <= NH * W) {
+      flash_step_cols<Arch, NH>(cb, dk, j0, nk, kp, sk_j, sk_d, vs, nvs, hook_active, hook);
+      return;
+    }
+  }
+  flash_step_cols<Arch, NV>(cb, dk, j0, nk, kp, sk_j, sk_d, vs, nvs, hook_active, hook);
 }
 
 /// One task of the tiled kernel: the column blocks [col0, col0 + nblk * Br) of (b, hkv) (clipped
