@@ -126,13 +126,13 @@ class combiner_block {
         if (!masks_.empty())
           for (index_t jj = 0; jj < nk && !hidden; ++jj)
             hidden = masks_[static_cast<std::size_t>(j0 + jj)] != all;
+        const std::uint64_t used = cb_.ncols >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << cb_.ncols) - 1;
         auto hide = [&](T* st) {
           const T ninf = -std::numeric_limits<T>::infinity();
           for (index_t jj = 0; jj < nk; ++jj) {
-            const std::uint64_t bits = masks_[static_cast<std::size_t>(j0 + jj)];
-            if (bits == all) continue;
-            for (index_t c = 0; c < cb_.ncols; ++c)
-              if (!((bits >> c) & 1u)) st[jj * Br + c] = ninf;
+            // the columns in use whose bit is clear, one at a time (usually one or none)
+            for (std::uint64_t h = ~masks_[static_cast<std::size_t>(j0 + jj)] & used; h != 0; h &= h - 1)
+              st[jj * Br + __builtin_ctzll(h)] = ninf;
           }
         };
         flash_step<Arch>(cb_, dk_, j0, nk, r.k + o * r.sk_j, r.sk_j, r.sk_d, vs, r.nv, hidden, hide);

@@ -560,27 +560,60 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
       }
     }
     const index_t ncol = npr + 1;
+    // Column 1 + x pools every present cluster but x: the pool of the clusters before x combined
+    // with the pool of those after it (prefix and suffix pools, O(npr dk) per segment).
+    auto combine = [&](T* d, const T* a, bool first) {
+      for (index_t p = 0; p < dk; ++p) d[p] = first ? a[p] : (mx ? std::max(d[p], a[p]) : d[p] + a[p]);
+    };
+    const std::size_t pw = static_cast<std::size_t>((npr + 1) * dk);
+    std::vector<T> preq(pw), prek(pw), sufq(pw), sufk(pw);
+    std::vector<index_t> pren(static_cast<std::size_t>(npr) + 1, 0),
+        sufn(static_cast<std::size_t>(npr) + 1, 0);
+    for (index_t x = 0; x < npr; ++x) {  // pre*[x + 1] = pool of clusters [0, x]
+      const std::size_t o = static_cast<std::size_t>((x + 1) * dk), o0 = o - static_cast<std::size_t>(dk);
+      std::copy(preq.begin() + static_cast<std::ptrdiff_t>(o0), preq.begin() + static_cast<std::ptrdiff_t>(o),
+                preq.begin() + static_cast<std::ptrdiff_t>(o));
+      std::copy(prek.begin() + static_cast<std::ptrdiff_t>(o0), prek.begin() + static_cast<std::ptrdiff_t>(o),
+                prek.begin() + static_cast<std::ptrdiff_t>(o));
+      combine(preq.data() + o, pq.data() + x * dk, x == 0);
+      combine(prek.data() + o, pkk.data() + x * dk, x == 0);
+      pren[static_cast<std::size_t>(x) + 1] =
+          pren[static_cast<std::size_t>(x)] + cnt[static_cast<std::size_t>(x)];
+    }
+    for (index_t x = npr - 1; x >= 0; --x) {  // suf*[x] = pool of clusters [x, npr)
+      const std::size_t o = static_cast<std::size_t>(x * dk), o1 = o + static_cast<std::size_t>(dk);
+      std::copy(sufq.begin() + static_cast<std::ptrdiff_t>(o1),
+                sufq.begin() + static_cast<std::ptrdiff_t>(o1 + dk),
+                sufq.begin() + static_cast<std::ptrdiff_t>(o));
+      std::copy(sufk.begin() + static_cast<std::ptrdiff_t>(o1),
+                sufk.begin() + static_cast<std::ptrdiff_t>(o1 + dk),
+                sufk.begin() + static_cast<std::ptrdiff_t>(o));
+      combine(sufq.data() + o, pq.data() + x * dk, x == npr - 1);
+      combine(sufk.data() + o, pkk.data() + x * dk, x == npr - 1);
+      sufn[static_cast<std::size_t>(x)] =
+          sufn[static_cast<std::size_t>(x) + 1] + cnt[static_cast<std::size_t>(x)];
+    }
     qsum.assign(static_cast<std::size_t>(ncol * dk), T(0));
     for (index_t col = 0; col < ncol; ++col) {
       const index_t g = si[static_cast<std::size_t>(col)];
       if (g < 0) continue;
       T* qd = qsum.data() + col * dk;
       T* kd = w.ks.data() + g * dk;
-      index_t n = 0;
-      for (index_t x = 0; x < npr; ++x) {
-        if (x == col - 1) continue;  // column 1 + x excludes cluster x
-        const T* a_q = pq.data() + x * dk;
-        const T* a_k = pkk.data() + x * dk;
-        for (index_t p = 0; p < dk; ++p) {
-          qd[p] = n == 0 ? a_q[p] : (mx ? std::max(qd[p], a_q[p]) : qd[p] + a_q[p]);
-          kd[p] = n == 0 ? a_k[p] : (mx ? std::max(kd[p], a_k[p]) : kd[p] + a_k[p]);
-        }
-        n += cnt[static_cast<std::size_t>(x)];
+      // clusters [0, x) and [x + 1, npr) for column 1 + x; column 0: all of them
+      const index_t x = col == 0 ? npr : col - 1, after = col == 0 ? npr : col;
+      const index_t nb = pren[static_cast<std::size_t>(x)], na = sufn[static_cast<std::size_t>(after)];
+      if (nb > 0) {
+        std::copy(preq.data() + x * dk, preq.data() + (x + 1) * dk, qd);
+        std::copy(prek.data() + x * dk, prek.data() + (x + 1) * dk, kd);
+      }
+      if (na > 0) {
+        combine(qd, sufq.data() + after * dk, nb == 0);
+        combine(kd, sufk.data() + after * dk, nb == 0);
       }
       if (!mx)
         for (index_t p = 0; p < dk; ++p) {
-          qd[p] /= static_cast<T>(n);
-          kd[p] /= static_cast<T>(n);
+          qd[p] /= static_cast<T>(nb + na);
+          kd[p] /= static_cast<T>(nb + na);
         }
     }
     // local expectations: the columns over the segment's keys, each hiding its excluded cluster
