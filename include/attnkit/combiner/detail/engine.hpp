@@ -59,26 +59,28 @@ class combiner_block {
   template <class Q, class E>
   void begin(index_t ncols, Q&& qrow, index_t qs, T qscale, E&& kend) {
     cb_.ncols = ncols;
+    cb_.ld = flash_width<T, Arch>(ncols);
+    const index_t ld = cb_.ld;
     cb_.kmin = std::numeric_limits<index_t>::max();
     cb_.kmax = 0;
     T* qt = cb_.qt.data();
-    for (index_t c = 0; c < Br; ++c) {
+    for (index_t c = 0; c < ld; ++c) {
       if (c < ncols) {
         const index_t e = kend(c);
         cb_.kend.data()[c] = static_cast<T>(e);
         cb_.kmin = std::min(cb_.kmin, e);
         cb_.kmax = std::max(cb_.kmax, e);
         const T* qr = qrow(c);
-        for (index_t p = 0; p < dk_; ++p) qt[p * Br + c] = qr[p * qs] * qscale;
+        for (index_t p = 0; p < dk_; ++p) qt[p * ld + c] = qr[p * qs] * qscale;
       } else {
         cb_.kend.data()[c] = T(0);
-        for (index_t p = 0; p < dk_; ++p) qt[p * Br + c] = T(0);
+        for (index_t p = 0; p < dk_; ++p) qt[p * ld + c] = T(0);
       }
     }
     if (ncols == 0) cb_.kmin = 0;
-    std::fill(cb_.m.data(), cb_.m.data() + Br, -std::numeric_limits<T>::infinity());
-    std::fill(cb_.l.data(), cb_.l.data() + Br, T(0));
-    std::fill(cb_.ot.data(), cb_.ot.data() + dv_ * Br, T(0));
+    std::fill(cb_.m.data(), cb_.m.data() + ld, -std::numeric_limits<T>::infinity());
+    std::fill(cb_.l.data(), cb_.l.data() + ld, T(0));
+    std::fill(cb_.ot.data(), cb_.ot.data() + dv_ * ld, T(0));
     runs_.clear();
     masks_.clear();
     rows_ = 0;
@@ -108,7 +110,7 @@ class combiner_block {
 
   /// Continues column c from a saved state of n value rows (after begin, before run).
   void load(index_t c, index_t n, const T* o, T m, T l) {
-    for (index_t e = 0; e < n; ++e) cb_.ot.data()[e * Br + c] = o[e];
+    for (index_t e = 0; e < n; ++e) cb_.ot.data()[e * cb_.ld + c] = o[e];
     cb_.m.data()[c] = m;
     cb_.l.data()[c] = l;
   }
@@ -132,7 +134,7 @@ class combiner_block {
           for (index_t jj = 0; jj < nk; ++jj) {
             // the columns in use whose bit is clear, one at a time (usually one or none)
             for (std::uint64_t h = ~masks_[static_cast<std::size_t>(j0 + jj)] & used; h != 0; h &= h - 1)
-              st[jj * Br + __builtin_ctzll(h)] = ninf;
+              st[jj * cb_.ld + __builtin_ctzll(h)] = ninf;
           }
         };
         flash_step<Arch>(cb_, dk_, j0, nk, r.k + o * r.sk_j, r.sk_j, r.sk_d, vs, r.nv, hidden, hide);
@@ -143,7 +145,7 @@ class combiner_block {
 
   /// Saves column c's state: o[e] (e < n value rows), m, l.
   void save(index_t c, index_t n, T* o, T& m, T& l) const {
-    for (index_t e = 0; e < n; ++e) o[e] = cb_.ot.data()[e * Br + c];
+    for (index_t e = 0; e < n; ++e) o[e] = cb_.ot.data()[e * cb_.ld + c];
     m = cb_.m.data()[c];
     l = cb_.l.data()[c];
   }
@@ -152,7 +154,7 @@ class combiner_block {
   void finish(index_t c, index_t e0, index_t n, T* dst, index_t ds) const {
     const T l = cb_.l.data()[c];
     const T inv = l > T(0) ? T(1) / l : T(0);
-    for (index_t e = 0; e < n; ++e) dst[e * ds] = cb_.ot.data()[(e0 + e) * Br + c] * inv;
+    for (index_t e = 0; e < n; ++e) dst[e * ds] = cb_.ot.data()[(e0 + e) * cb_.ld + c] * inv;
   }
 
  private:

@@ -53,6 +53,7 @@ struct flash_columns {
   tensor<T, 1> qt, st, ot, m, l, alpha, kend, mnew;
   std::vector<index_t> col_head, col_query;
   index_t ncols = 0;           ///< columns in use (the rest are zero padding)
+  index_t ld = 0;              ///< column stride of qt, st, ot: the active registers' width (see flash_width)
   index_t kmin = 0, kmax = 0;  ///< the smallest and largest key_end of the columns in use
   flash_columns(index_t dk, index_t dv, index_t br, index_t bc)
       : qt({dk * br}),
@@ -64,8 +65,17 @@ struct flash_columns {
         kend({br}),
         mnew({br}),
         col_head(static_cast<std::size_t>(br)),
-        col_query(static_cast<std::size_t>(br)) {}
+        col_query(static_cast<std::size_t>(br)),
+        ld(br) {}
 };
+
+/// The column stride (active width) of a block of ncols columns: half the tiling's registers when
+/// they hold every column, else all of them. flash_step runs only the active registers.
+template <class T, class Arch>
+constexpr index_t flash_width(index_t ncols) {
+  constexpr index_t W = simd::batch<T, Arch>::size, NV = flash_tiling<T, Arch>::NV, NH = NV / 2;
+  return NH >= 1 && ncols <= NH * W ? NH * W : NV * W;
+}
 
 /// Per-thread scratch of the tiled kernel (64-byte aligned, reused across tasks): the states of
 /// the column blocks one task interleaves.
@@ -92,15 +102,16 @@ struct value_source {
 /// scaled logits (add a bias, set -inf where a key is hidden from a column) when hook_active;
 /// keys at or past a column's kend are hidden from it and never reach its output (not even NaN);
 /// O^T = O^T alpha + V_blk^T P^T for every value source.
-/// NA of the tiling's NV column registers are active (cb.ncols <= NA * W): the products and the
-/// softmax skip the rest (strides stay Br).
+/// NA of the tiling's NV column registers are active (cb.ncols <= NA * W == cb.ld, the column
+/// stride of qt, st and ot).
 template <class Arch, int NA, class T, class Hook>
 void flash_step_cols(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, const T* kp, index_t sk_j,
                      index_t sk_d, const value_source<T>* vs, int nvs, bool hook_active, Hook&& hook) {
   using B = simd::batch<T, Arch>;
   using tiling = flash_tiling<T, Arch>;
   constexpr int W = B::size, NV = tiling::NV, MR = tiling::MR;
-  constexpr index_t Br = NV * W;
+  constexpr index_t Br = NA * W;  // the column stride: cb.ld
+  static_assert(NA <= NV, "flash_step: at most NV registers");
   const bool masked = j0 + nk > cb.kmin;  // some column does not see every key of this block
   // The new running max can come out of the product's epilogue only when every logit of the
   // block is final and visible; otherwise a hidden key's logit must not move the shift.
@@ -186,8 +197,8 @@ void flash_step(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, const 
                 index_t sk_d, const value_source<T>* vs, int nvs, bool hook_active, Hook&& hook) {
   constexpr int W = simd::batch<T, Arch>::size, NV = flash_tiling<T, Arch>::NV, NH = NV / 2;
   // A block of at most half the columns (short Combiner lines, the last block of a sequence) costs half.
-  if constexpr (NH >= 1) {
-    if (cb.ncols <= NH * W) {
+  if constexpr (NH >= 1 && NH < NV) {
+    if (cb.ld == NH * W) {
       flash_step_cols<Arch, NH>(cb, dk, j0, nk, kp, sk_j, sk_d, vs, nvs, hook_active, hook);
       return;
     }
@@ -240,11 +251,13 @@ class flash_task {
   void begin(flash_columns<T>& cb, const visibility& vis, index_t b, index_t hkv, index_t col0) const {
     const index_t G = s_.group();
     cb.ncols = std::min<index_t>(Br, s_.Lq * G - col0);
+    cb.ld = flash_width<T, Arch>(cb.ncols);
+    const index_t ld = cb.ld;
     cb.kmin = std::numeric_limits<index_t>::max();
     cb.kmax = 0;
     T* qt = cb.qt.data();
     T* kend = cb.kend.data();
-    for (index_t c = 0; c < Br; ++c) {
+    for (index_t c = 0; c < ld; ++c) {
       if (c < cb.ncols) {
         const index_t i = (col0 + c) / G;
         const index_t h = hkv * G + (col0 + c) % G;
@@ -256,15 +269,15 @@ class flash_task {
         cb.kmax = std::max(cb.kmax, e);
         const T* qrow = q_.ptr(b, h, i, 0);
         const index_t qs = q_.stride(3);
-        for (index_t p = 0; p < s_.dk; ++p) qt[p * Br + c] = qrow[p * qs] * qscale_;
+        for (index_t p = 0; p < s_.dk; ++p) qt[p * ld + c] = qrow[p * qs] * qscale_;
       } else {
         kend[c] = T(0);
-        for (index_t p = 0; p < s_.dk; ++p) qt[p * Br + c] = T(0);
+        for (index_t p = 0; p < s_.dk; ++p) qt[p * ld + c] = T(0);
       }
     }
-    std::fill(cb.m.data(), cb.m.data() + Br, -std::numeric_limits<T>::infinity());
-    std::fill(cb.l.data(), cb.l.data() + Br, T(0));
-    std::fill(cb.ot.data(), cb.ot.data() + s_.dv * Br, T(0));
+    std::fill(cb.m.data(), cb.m.data() + ld, -std::numeric_limits<T>::infinity());
+    std::fill(cb.l.data(), cb.l.data() + ld, T(0));
+    std::fill(cb.ot.data(), cb.ot.data() + s_.dv * ld, T(0));
   }
 
   /// Consumes the keys [j0, j0 + Bc) (clipped to the block's kmax).
@@ -275,7 +288,7 @@ class flash_task {
     auto add_bias = [&](T* st) {
       for (index_t jj = 0; jj < nk; ++jj)
         for (index_t c = 0; c < cb.ncols; ++c)
-          st[jj * Br + c] += static_cast<T>(bias_(b, cb.col_head[c], cb.col_query[c], j0 + jj)) * log2e;
+          st[jj * cb.ld + c] += static_cast<T>(bias_(b, cb.col_head[c], cb.col_query[c], j0 + jj)) * log2e;
     };
     flash_step<Arch>(cb, s_.dk, j0, nk, kb + j0 * k_.stride(2), k_.stride(2), k_.stride(3), &vs, 1,
                      static_cast<bool>(bias_), add_bias);
@@ -288,7 +301,7 @@ class flash_task {
       const T l = cb.l.data()[c];
       const T inv = l > T(0) ? T(1) / l : T(0);
       T* orow = out_.ptr(b, cb.col_head[c], cb.col_query[c], 0);
-      for (index_t e = 0; e < s_.dv; ++e) orow[e * os] = cb.ot.data()[e * Br + c] * inv;
+      for (index_t e = 0; e < s_.dv; ++e) orow[e * os] = cb.ot.data()[e * cb.ld + c] * inv;
     }
   }
 
