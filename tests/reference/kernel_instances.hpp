@@ -10,6 +10,7 @@
 #include <attnkit/favor/attention.hpp>
 #include <attnkit/favor/decoder.hpp>
 #include <attnkit/full/attention.hpp>
+#include <attnkit/lambda/attention.hpp>
 
 #define ATTNKIT_TEST_COMBINER(EXTERN, ARCH, T, PLAN)                                                        \
   EXTERN template void attnkit::combiner_attention<attnkit::simd::ARCH, T, attnkit::combiner::PLAN>(        \
@@ -27,7 +28,10 @@
   ATTNKIT_TEST_COMBINER(EXTERN, ARCH, T, fixed)                                                             \
   ATTNKIT_TEST_COMBINER(EXTERN, ARCH, T, logsparse)                                                         \
   ATTNKIT_TEST_COMBINER(EXTERN, ARCH, T, axial)                                                             \
-  ATTNKIT_TEST_COMBINER(EXTERN, ARCH, T, learnable)
+  ATTNKIT_TEST_COMBINER(EXTERN, ARCH, T, learnable)                                                         \
+  EXTERN template void attnkit::lambda_attention<attnkit::simd::ARCH, T>(                                   \
+      attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
+      const attnkit::lambda_position<T>&, attnkit::tensor_view<T, 3>, const attnkit::lambda_options&);
 
 #if defined(ATTNKIT_TEST_INSTANTIATE_ARCH)
 ATTNKIT_TEST_KERNELS(, ATTNKIT_TEST_INSTANTIATE_ARCH, ATTNKIT_TEST_INSTANTIATE_TYPE)
