@@ -18,6 +18,7 @@
 
 #include "../../core/attention_args.hpp"
 #include "../../core/math.hpp"
+#include "../../core/transpose.hpp"
 #include "../../full/detail/flash.hpp"
 #include "../options.hpp"
 
@@ -65,17 +66,26 @@ class combiner_block {
     cb_.kmax = 0;
     T* qt = cb_.qt.data();
     for (index_t c = 0; c < ld; ++c) {
+      const index_t e = c < ncols ? kend(c) : 0;
+      cb_.kend.data()[c] = static_cast<T>(e);
       if (c < ncols) {
-        const index_t e = kend(c);
-        cb_.kend.data()[c] = static_cast<T>(e);
         cb_.kmin = std::min(cb_.kmin, e);
         cb_.kmax = std::max(cb_.kmax, e);
-        const T* qr = qrow(c);
-        for (index_t p = 0; p < dk_; ++p) qt[p * ld + c] = qr[p * qs] * qscale;
-      } else {
-        cb_.kend.data()[c] = T(0);
-        for (index_t p = 0; p < dk_; ++p) qt[p * ld + c] = T(0);
       }
+    }
+    // Q^T: register-tile transposes of the query rows, padding columns zero, then the scale
+    if (qs == 1) {
+      rows_to_panel<Arch, T>(ncols, dk_, qrow, qt, ld);
+    } else {
+      for (index_t c = 0; c < ncols; ++c) {
+        const T* qr = qrow(c);
+        for (index_t p = 0; p < dk_; ++p) qt[p * ld + c] = qr[p * qs];
+      }
+    }
+    for (index_t p = 0; p < dk_; ++p) {
+      T* row = qt + p * ld;
+      std::fill(row + ncols, row + ld, T(0));
+      for (index_t c = 0; c < ncols; ++c) row[c] *= qscale;
     }
     if (ncols == 0) cb_.kmin = 0;
     std::fill(cb_.m.data(), cb_.m.data() + ld, -std::numeric_limits<T>::infinity());
@@ -106,13 +116,6 @@ class combiner_block {
   void restrict_row(index_t r, std::uint64_t bits) {
     if (masks_.empty()) masks_.assign(static_cast<std::size_t>(rows_), all);
     masks_[static_cast<std::size_t>(r)] &= bits;
-  }
-
-  /// Continues column c from a saved state of n value rows (after begin, before run).
-  void load(index_t c, index_t n, const T* o, T m, T l) {
-    for (index_t e = 0; e < n; ++e) cb_.ot.data()[e * cb_.ld + c] = o[e];
-    cb_.m.data()[c] = m;
-    cb_.l.data()[c] = l;
   }
 
   /// Consumes the panel.
@@ -156,6 +159,39 @@ class combiner_block {
     const T inv = l > T(0) ? T(1) / l : T(0);
     for (index_t e = 0; e < n; ++e) dst[e * ds] = cb_.ot.data()[(e0 + e) * cb_.ld + c] * inv;
   }
+  /// The same for the columns c < ncols at once, column c to dst(c) (register-tile transposes when ds == 1).
+  template <class D>
+  void finish_all(index_t ncols, index_t e0, index_t n, D&& dst, index_t ds) const {
+    if (ds != 1) {
+      for (index_t c = 0; c < ncols; ++c) finish(c, e0, n, dst(c), ds);
+      return;
+    }
+    panel_to_rows<Arch, T>(ncols, n, cb_.ot.data() + e0 * cb_.ld, cb_.ld, dst);
+    for (index_t c = 0; c < ncols; ++c) {
+      const T l = cb_.l.data()[c];
+      const T inv = l > T(0) ? T(1) / l : T(0);
+      T* d = dst(c);
+      for (index_t e = 0; e < n; ++e) d[e] *= inv;
+    }
+  }
+  /// Saves the states of the columns c < ncols: O rows [0, n) to o(c), m and l to m(c), l(c).
+  template <class O, class M, class Lf>
+  void save_all(index_t ncols, index_t n, O&& o, M&& m, Lf&& l) const {
+    panel_to_rows<Arch, T>(ncols, n, cb_.ot.data(), cb_.ld, o);
+    for (index_t c = 0; c < ncols; ++c) {
+      m(c) = cb_.m.data()[c];
+      l(c) = cb_.l.data()[c];
+    }
+  }
+  /// Continues the columns c < ncols from saved states (after begin, before run).
+  template <class O, class M, class Lf>
+  void load_all(index_t ncols, index_t n, O&& o, M&& m, Lf&& l) {
+    rows_to_panel<Arch, T>(ncols, n, o, cb_.ot.data(), cb_.ld);
+    for (index_t c = 0; c < ncols; ++c) {
+      cb_.m.data()[c] = m(c);
+      cb_.l.data()[c] = l(c);
+    }
+  }
 
  private:
   flash_columns<T> cb_;
@@ -176,13 +212,20 @@ struct combiner_states {
     m.resize(static_cast<std::size_t>(L));
     l.resize(static_cast<std::size_t>(L));
   }
-  template <class Arch>
-  void save(const combiner_block<Arch, T>& blk, index_t c, index_t i) {
-    blk.save(c, dv, o.data() + i * dv, m[static_cast<std::size_t>(i)], l[static_cast<std::size_t>(i)]);
+  /// The states of the columns c < n, of the queries idx(c).
+  template <class Arch, class I>
+  void save_all(const combiner_block<Arch, T>& blk, index_t n, I&& idx) {
+    blk.save_all(
+        n, dv, [&](index_t c) { return o.data() + idx(c) * dv; },
+        [&](index_t c) -> T& { return m[static_cast<std::size_t>(idx(c))]; },
+        [&](index_t c) -> T& { return l[static_cast<std::size_t>(idx(c))]; });
   }
-  template <class Arch>
-  void load(combiner_block<Arch, T>& blk, index_t c, index_t i) const {
-    blk.load(c, dv, o.data() + i * dv, m[static_cast<std::size_t>(i)], l[static_cast<std::size_t>(i)]);
+  template <class Arch, class I>
+  void load_all(combiner_block<Arch, T>& blk, index_t n, I&& idx) const {
+    blk.load_all(
+        n, dv, [&](index_t c) { return o.data() + idx(c) * dv; },
+        [&](index_t c) { return m[static_cast<std::size_t>(idx(c))]; },
+        [&](index_t c) { return l[static_cast<std::size_t>(idx(c))]; });
   }
 };
 

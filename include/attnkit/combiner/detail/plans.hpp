@@ -61,9 +61,11 @@ struct combiner_head {
     blk.begin(
         n, [&](index_t c) { return qrow(qi(c)); }, qs(), qscale, kend);
   }
-  template <class Arch>
-  void finish(const combiner_block<Arch, T>& blk, index_t c, index_t i) const {
-    blk.finish(c, 0, s.dv, out.row(i), out.se);
+  /// Writes the outputs of the columns c < n to the queries idx(c).
+  template <class Arch, class I>
+  void finish_all(const combiner_block<Arch, T>& blk, index_t n, I&& idx) const {
+    blk.finish_all(
+        n, 0, s.dv, [&](index_t c) { return out.row(idx(c)); }, out.se);
   }
 };
 
@@ -102,7 +104,7 @@ void combiner_fixed(const combiner_head<T>& hd, index_t span, combiner_workspace
       if (!hd.causal && a + 1 < nvs) hd.add_summaries(blk, w.ks.data(), w.es.data(), a + 1, nvs - a - 1);
       hd.add_keys(blk, j0, nd);
       blk.run();
-      for (index_t c = 0; c < n; ++c) hd.finish(blk, c, i0 + c);
+      hd.finish_all(blk, n, [&](index_t c) { return i0 + c; });
     }
   }
 }
@@ -351,12 +353,11 @@ void axial_summaries(const combiner_head<T>& hd, combiner_workspace<Arch, T>& w,
     const value_source<T> vk{hd.k.ptr(hd.b, hd.hkv, j0, 0), hd.k.stride(2) * step, hd.k.stride(3), dk, dv};
     blk.add2(hd.k.ptr(hd.b, hd.hkv, j0, 0), hd.k.stride(2) * step, hd.k.stride(3), vv, vk, 2, nkeys);
     blk.run();
-    for (index_t c = 0; c < n; ++c) {
-      const index_t gi = g(c0 + c);
-      blk.finish(c, 0, dv, es + gi * dv, 1);
-      blk.finish(c, dv, dk, ks + gi * dk, 1);
-      if (save) w.states.save(blk, c, anchor(c0 + c));
-    }
+    blk.finish_all(
+        n, 0, dv, [&](index_t c) { return es + g(c0 + c) * dv; }, 1);
+    blk.finish_all(
+        n, dv, dk, [&](index_t c) { return ks + g(c0 + c) * dk; }, 1);
+    if (save) w.states.save_all(blk, n, [&](index_t c) { return anchor(c0 + c); });
   }
 }
 
@@ -391,7 +392,7 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
             [&](index_t c) { return causal ? causal_count(c0 + c, 0, nk) : nk; });
         hd.add_keys(blk, r * m, nk);
         blk.run();
-        for (index_t c = 0; c < n; ++c) st.save(blk, c, r * m + c0 + c);
+        st.save_all(blk, n, [&](index_t c) { return r * m + c0 + c; });
       }
     }
     // pass B: down each column c, the summaries (r', c) of the other (causal: earlier) rows
@@ -404,9 +405,9 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
         hd.add_summaries(blk, w.ks.data(), w.es.data(), c, nvr, m);
         if (!causal)
           for (index_t x = 0; x < n && r0 + x < nvr; ++x) blk.restrict_row(r0 + x, ~(std::uint64_t(1) << x));
-        for (index_t x = 0; x < n; ++x) st.load(blk, x, (r0 + x) * m + c);
+        st.load_all(blk, n, [&](index_t x) { return (r0 + x) * m + c; });
         blk.run();
-        for (index_t x = 0; x < n; ++x) hd.finish(blk, x, (r0 + x) * m + c);
+        hd.finish_all(blk, n, [&](index_t x) { return (r0 + x) * m + c; });
       }
     return;
   }
@@ -442,9 +443,9 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
         if (ne > 0) blk.restrict_row(cc, bits);
         if (!causal) blk.restrict_row(cc, bits);
       }
-      for (index_t x = 0; x < n; ++x) st.load(blk, x, r * m + c0 + x);
+      st.load_all(blk, n, [&](index_t x) { return r * m + c0 + x; });
       blk.run();
-      for (index_t x = 0; x < n; ++x) hd.finish(blk, x, r * m + c0 + x);
+      hd.finish_all(blk, n, [&](index_t x) { return r * m + c0 + x; });
     }
 }
 
@@ -509,7 +510,7 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
         hd.add_summaries(blk, w.ks.data(), w.es.data(), 0, nb);
         hd.add_summaries(blk, w.ks.data(), w.es.data(), ng - na, na);
         blk.run();
-        for (index_t x = 0; x < n; ++x) hd.finish(blk, x, qc[t0 + static_cast<std::size_t>(x)]);
+        hd.finish_all(blk, n, [&](index_t x) { return qc[t0 + static_cast<std::size_t>(x)]; });
       }
     }
     return;
@@ -647,7 +648,7 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
           blk, n, [&](index_t c) { return i0 + c; }, [&](index_t c) { return causal_count(i0 + c, j0, nd); });
       hd.add_keys(blk, j0, nd);
       blk.run();
-      for (index_t c = 0; c < n; ++c) st.save(blk, c, i0 + c);
+      st.save_all(blk, n, [&](index_t c) { return i0 + c; });
     }
   }
   // pass B: per cluster, the earlier segments in order: summary (a, minus the cluster), then the
@@ -688,9 +689,9 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
       hd.begin(blk, n, qi,
                [&](index_t x) { return seg_end[static_cast<std::size_t>(std::min(qi(x) / s, last))]; });
       hd.add_summaries(blk, w.pk.data(), w.pv.data(), 0, r);
-      for (index_t x = 0; x < n; ++x) st.load(blk, x, qi(x));
+      st.load_all(blk, n, qi);
       blk.run();
-      for (index_t x = 0; x < n; ++x) hd.finish(blk, x, qi(x));
+      hd.finish_all(blk, n, qi);
     }
   }
 }
