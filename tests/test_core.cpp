@@ -16,6 +16,7 @@
 #include <attnkit/core/parallel.hpp>
 #include <attnkit/core/simd.hpp>
 #include <attnkit/core/tensor.hpp>
+#include <attnkit/core/transpose.hpp>
 
 #include "reference/attention_ref.hpp"
 #include "reference/common.hpp"
@@ -476,4 +477,46 @@ TEMPLATE_TEST_CASE("batch: round_nearest (ties to even) and ldexp", "[core][simd
   CHECK(one(T(1), [](B v) { return ldexp(v, B::broadcast(T(-5000))); }) == T(0));
   CHECK(
       std::isnan(one(T(1), [](B v) { return ldexp(v, B::broadcast(std::numeric_limits<T>::quiet_NaN())); })));
+}
+
+TEST_CASE("transpose: rows_to_panel and panel_to_rows on every arch, type and edge", "[core][simd]") {
+  auto run = [](auto arch, auto zero) {
+    using Arch = decltype(arch);
+    using T = decltype(zero);
+    const index_t ldr = 150, ldp = 70;  // rows of 150 elements, a panel of leading dimension 70
+    for (index_t ni : {0, 1, 7, 8, 15, 16, 17, 33, 64})
+      for (index_t nj : {0, 1, 5, 8, 16, 31, 64, 128}) {
+        CAPTURE(Arch::name, sizeof(T), ni, nj);
+        std::vector<T> rows(static_cast<std::size_t>(64 * ldr)),
+            panel(static_cast<std::size_t>(128 * ldp), T(-1)), back(rows.size(), T(-2));
+        for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<T>(i) + T(0.5);
+        attnkit::detail::rows_to_panel<Arch, T>(
+            ni, nj, [&](index_t i) { return rows.data() + i * ldr; }, panel.data(), ldp);
+        attnkit::detail::panel_to_rows<Arch, T>(ni, nj, panel.data(), ldp,
+                                                [&](index_t i) { return back.data() + i * ldr; });
+        index_t wrong = 0, stray = 0;
+        for (index_t j = 0; j < 128; ++j)
+          for (index_t i = 0; i < ldp; ++i) {
+            const T got = panel[static_cast<std::size_t>(j * ldp + i)];
+            if (i < ni && j < nj)
+              wrong += got != rows[static_cast<std::size_t>(i * ldr + j)];
+            else
+              stray += got != T(-1);
+          }
+        for (index_t i = 0; i < 64; ++i)
+          for (index_t j = 0; j < ldr; ++j) {
+            const T got = back[static_cast<std::size_t>(i * ldr + j)];
+            if (i < ni && j < nj)
+              wrong += got != rows[static_cast<std::size_t>(i * ldr + j)];
+            else
+              stray += got != T(-2);
+          }
+        CHECK(wrong == 0);
+        CHECK(stray == 0);
+      }
+  };
+  attnkit_test::for_each_arch([&](auto arch) {
+    run(arch, 0.0f);
+    run(arch, 0.0);
+  });
 }
