@@ -173,15 +173,6 @@ cdata make_cdata(const cspec& sp, std::uint64_t salt) {
   return d;
 }
 
-/// x in layout `lay`, as T.
-template <class T>
-strided_buffer<T> to_buffer(const dtensor& x, layout lay) {
-  auto b = make_buffer<T>(x.extents(), lay, T(-5555.5));
-  for_each_index(x.extents(),
-                 [&](const std::array<index_t, 4>& ix) { at(b.v, ix) = static_cast<T>(at(x.cview(), ix)); });
-  return b;
-}
-
 /// A problem's inputs as T in its layouts.
 template <class T>
 struct tdata {

@@ -182,15 +182,6 @@ ldata make_ldata(const lspec& sp, std::uint64_t salt) {
   return d;
 }
 
-/// x in layout `lay`, as T.
-template <class T>
-strided_buffer<T> to_buffer(const dtensor& x, layout lay) {
-  auto b = make_buffer<T>(x.extents(), lay, T(-5555.5));
-  for_each_index(x.extents(),
-                 [&](const std::array<index_t, 4>& ix) { at(b.v, ix) = static_cast<T>(at(x.cview(), ix)); });
-  return b;
-}
-
 /// The rank-3 view of the last three axes of a rank-4 view (its index 0 along axis 0).
 template <class T>
 view<T, 3> last3(const view<T, 4>& x) {
@@ -462,6 +453,27 @@ void require_pair_close(const strided_buffer<T>& a, const strided_buffer<T>& b,
   require_lambda_close<T>(last3(a.cv()), bd, want.mag, 2 * nops, what);
 }
 
+/// Runs the problem d and an equivalent formulation e of it in float and double on every arch:
+/// d against the fp64 reference `want`, e against d.
+void require_equivalent(const ldata& d, const ldata& e, const lspec& s, const ref::lambda_result& want,
+                        const char* d_vs_fp64, const char* e_vs_d) {
+  auto run = [&](auto t) {
+    using T = decltype(t);
+    const auto in = to_type<T>(d);
+    const auto ine = to_type<T>(e);
+    for_each_arch([&](auto arch) {
+      using Arch = decltype(arch);
+      INFO("arch " << Arch::name << (std::is_same_v<T, float> ? " float" : " double"));
+      const auto got = run_lambda<Arch>(in, d.options());
+      const auto other = run_lambda<Arch>(ine, e.options());
+      require_lambda_close<T>(last3(got.cv()), want.out, want.mag, op_count(s), d_vs_fp64);
+      require_pair_close(other, got, want, op_count(s), e_vs_d);
+    });
+  };
+  run(float{});
+  run(double{});
+}
+
 }  // namespace
 
 TEST_CASE("lambda: relative == global with E expanded from R (1D and 2D, non-square grids)",
@@ -487,21 +499,7 @@ TEST_CASE("lambda: relative == global with E expanded from R (1D and 2D, non-squ
       const auto want_g = reference(g);
       require_lambda_close<double>(want_g.out.cview(), want.out, want.mag, 0,
                                    "reference: global(E(R)) == relative");
-      auto run = [&](auto t) {
-        using T = decltype(t);
-        const auto in = to_type<T>(d);
-        const auto ing = to_type<T>(g);
-        for_each_arch([&](auto arch) {
-          using Arch = decltype(arch);
-          INFO("arch " << Arch::name << (std::is_same_v<T, float> ? " float" : " double"));
-          const auto rel = run_lambda<Arch>(in, d.options());
-          const auto glo = run_lambda<Arch>(ing, g.options());
-          require_lambda_close<T>(last3(rel.cv()), want.out, want.mag, op_count(s), "relative vs fp64");
-          require_pair_close(rel, glo, want, op_count(s), "relative vs global(E(R))");
-        });
-      };
-      run(float{});
-      run(double{});
+      require_equivalent(d, g, s, want, "relative vs fp64", "global(E(R)) vs relative");
     }
 }
 
@@ -536,21 +534,7 @@ TEST_CASE("lambda: local of scope >= 2N - 1 (centre-aligned) == relative with th
         const auto want = reference(d);
         require_lambda_close<double>(reference(l).out.cview(), want.out, want.mag, 0,
                                      "reference: local(full scope) == relative");
-        auto run = [&](auto t) {
-          using T = decltype(t);
-          const auto in = to_type<T>(d);
-          const auto inl = to_type<T>(l);
-          for_each_arch([&](auto arch) {
-            using Arch = decltype(arch);
-            INFO("arch " << Arch::name << (std::is_same_v<T, float> ? " float" : " double"));
-            const auto rel = run_lambda<Arch>(in, d.options());
-            const auto loc = run_lambda<Arch>(inl, l.options());
-            require_lambda_close<T>(last3(loc.cv()), want.out, want.mag, op_count(s), "local vs fp64");
-            require_pair_close(loc, rel, want, op_count(s), "local(full scope) vs relative");
-          });
-        };
-        run(float{});
-        run(double{});
+        require_equivalent(d, l, s, want, "relative vs fp64", "local(full scope) vs relative");
       }
 }
 

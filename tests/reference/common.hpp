@@ -311,4 +311,13 @@ strided_buffer<T> make_buffer(const std::array<index_t, 4>& ext, layout lay, T f
   return b;
 }
 
+/// An fp64 tensor in layout `lay`, as T, in fresh storage filled with -5555.5 outside the view.
+template <class T>
+strided_buffer<T> to_buffer(const attnkit::tensor<double, 4>& x, layout lay) {
+  auto b = make_buffer<T>(x.extents(), lay, T(-5555.5));
+  for_each_index(x.extents(),
+                 [&](const std::array<index_t, 4>& ix) { at(b.v, ix) = static_cast<T>(at(x.cview(), ix)); });
+  return b;
+}
+
 }  // namespace attnkit_test
