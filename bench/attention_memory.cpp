@@ -9,7 +9,7 @@
 //
 //   attention_memory                      # L in {8192, 16384, 32768}, H = 1, d = 64, threads 1 and all
 //   attention_memory --L=4096,65536 --d=128 --heads=2 --threads=1 --causal
-//   attention_memory --lambda --side=64 --batch=8   # lambda_attention, global relative term, vs
+//   attention_memory --lambda --side=64 --batch=8   # lambda_attention, relative and local terms, vs
 //                                                    # the attention maps of 4-head attention
 #include <malloc.h>
 
@@ -109,33 +109,37 @@ std::string kib_string(double kib) {
   return b;
 }
 
-/// --lambda: lambda_attention with the global relative term on side x side maps (h = 4, k = 16,
-/// u = 1, v = d / 4), against the attention maps of 4-head attention over the same tokens and batch
-/// (B * 4 * L^2 fp32), which any attention that materializes them per head would hold.
+/// --lambda: lambda_attention with the global relative term (u = 1) and the local one (r = 23,
+/// u = 4) on side x side maps (h = 4, k = 16, v = d / 4), against the attention maps of 4-head
+/// attention over the same tokens and batch (B * 4 * L^2 fp32), which any attention that
+/// materializes them per head would hold.
 int run_lambda(const std::vector<long>& sides, long d, long batch, const std::vector<int>& threads) {
   namespace ab = attnkit_bench;
   std::printf(
-      "attnkit lambda_attention (global relative, h=4 k=16 u=1 v=%ld, fp32, B=%ld, SIMD %s): extra memory of "
-      "one call\n",
+      "attnkit lambda_attention (h=4 k=16 v=%ld, fp32, B=%ld, SIMD %s): extra memory of one call, global "
+      "relative "
+      "(u=1) and local (r=23, u=4) terms\n",
       d / 4, batch, attnkit::simd::native::name);
   std::printf("inputs and output are allocated and filled before the call (not counted).\n");
-  std::printf("%9s %7s %10s %12s %14s %16s %10s %9s\n", "map", "threads", "allocs", "heap peak",
+  std::printf("%9s %-9s %7s %10s %12s %14s %16s %10s %9s\n", "map", "term", "threads", "allocs", "heap peak",
               "RSS HWM delta", "4-head maps", "heap/maps", "time s");
-  for (long side : sides) {
-    ab::lambda_case c(ab::lambda_term::relative, side, d, 1, 0, batch);
-    const double maps_kib = static_cast<double>(batch) * 4.0 * static_cast<double>(c.n()) *
-                            static_cast<double>(c.n()) * 4.0 / 1024.0;
-    for (int t : threads) {
-      const call_memory m = measure_call(t, [&] { c.run(t); });
-      char map[32], maps[32];
-      std::snprintf(map, sizeof map, "%ldx%ld", side, side);
-      std::snprintf(maps, sizeof maps, "%.1f MiB", maps_kib / 1024.0);
-      std::printf("%9s %7d %10lld %12s %14s %16s %10.4f %9.2f\n", map, t, m.allocs,
-                  kib_string(m.heap_kib).c_str(), kib_string(m.rss_kib).c_str(), maps, m.heap_kib / maps_kib,
-                  m.secs);
-      std::fflush(stdout);
+  for (long side : sides)
+    for (ab::lambda_term term : {ab::lambda_term::relative, ab::lambda_term::local}) {
+      const bool local = term == ab::lambda_term::local;
+      ab::lambda_case c(term, side, d, local ? 4 : 1, 23, batch);
+      const double maps_kib = static_cast<double>(batch) * 4.0 * static_cast<double>(c.n()) *
+                              static_cast<double>(c.n()) * 4.0 / 1024.0;
+      for (int t : threads) {
+        const call_memory m = measure_call(t, [&] { c.run(t); });
+        char map[32], maps[32];
+        std::snprintf(map, sizeof map, "%ldx%ld", side, side);
+        std::snprintf(maps, sizeof maps, "%.1f MiB", maps_kib / 1024.0);
+        std::printf("%9s %-9s %7d %10lld %12s %14s %16s %10.4f %9.2f\n", map, ab::lambda_term_name(term), t,
+                    m.allocs, kib_string(m.heap_kib).c_str(), kib_string(m.rss_kib).c_str(), maps,
+                    m.heap_kib / maps_kib, m.secs);
+        std::fflush(stdout);
+      }
     }
-  }
   std::printf(
       "heap peak: bytes allocated through operator new and live at once during the call (the repacked\n"
       "values, the repacked table, per-thread k x v lambdas and k x m table panels);\n"
