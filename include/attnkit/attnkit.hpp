@@ -6,6 +6,8 @@
 #include "combiner/options.hpp"
 #include "combiner/probabilities.hpp"
 #include "combiner/spec.hpp"
+#include "coatnet/options.hpp"
+#include "coatnet/relative_attention.hpp"
 #include "core/check.hpp"
 #include "core/config.hpp"
 #include "core/mask.hpp"

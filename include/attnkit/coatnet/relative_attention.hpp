@@ -1,0 +1,78 @@
+// attnkit: CoAtNet's 2D relative attention (Dai et al. 2021; DESIGN 4.5): exact attention with a
+// static, translation-equivariant kernel w_h[dy, dx] on the logits or on the attention weights.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "../core/attention_args.hpp"
+#include "../core/parallel.hpp"
+#include "../core/simd.hpp"
+#include "detail/relative.hpp"
+#include "options.hpp"
+
+ATTNKIT_BEGIN_NAMESPACE
+
+/// 2D relative attention on an H x W grid (L = H * W positions in raster order):
+///   pre_softmax:  out_i = sum_j softmax_j(scale q_i . k_j + w_h[dy, dx]) v_j
+///   post_softmax: out_i = sum_j (softmax_j(scale q_i . k_j) + w_h[dy, dx]) v_j
+/// with (dy, dx) = pos_j - pos_i (key_minus_query) or pos_i - pos_j (query_minus_key), indexing
+/// table [heads, 2H - 1, 2W - 1] at [h, dy + H - 1, dx + W - 1]. q [B, heads, L, dk],
+/// k [B, Hkv, L, dk], v [B, Hkv, L, dv], out [B, heads, L, dv]; any strides; heads a multiple of
+/// Hkv. mask.key_lengths drops padding keys (the sums run over the visible keys only). Runs on the
+/// tiled exact-attention kernel: the bias of a tile is read from a per-head window of the table
+/// (heads x W x (2H - 1) x W values), never from an [L, L] matrix. Throws invalid_argument (and
+/// writes nothing) on inconsistent shapes, tables, grids or masks. Same bits for any thread count.
+template <class Arch = simd::native, class T>
+void relative_attention_2d(tensor_view<const detail::identity_t<T>, 4> q,
+                           tensor_view<const detail::identity_t<T>, 4> k,
+                           tensor_view<const detail::identity_t<T>, 4> v,
+                           tensor_view<const detail::identity_t<T>, 3> table, relative_grid grid,
+                           tensor_view<T, 4> out, const relative_options& options = {}) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "relative_attention_2d: float or double");
+  constexpr const char* where = "attnkit::relative_attention_2d";
+  const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out);
+  detail::check_mask(options.mask, where, s.B, s.H, s.Lq, s.Lk, /*allow_bias=*/false);
+  detail::require(options.mask.causal == causal_mode::none, where,
+                  "mask.causal must be none: relative attention is bidirectional (the table is the bias)");
+  detail::check_threads(options.threads, where);
+  const double scale = detail::resolve_scale(options.scale, s.dk, where);
+  detail::require(options.mode == relative_mode::pre_softmax || options.mode == relative_mode::post_softmax,
+                  where, "options.mode is not a relative_mode value");
+  detail::require(options.offset == relative_offset::key_minus_query ||
+                      options.offset == relative_offset::query_minus_key,
+                  where, "options.offset is not a relative_offset value");
+  const index_t H = grid.rows, W = grid.cols;
+  detail::require(H >= 0 && W >= 0 && H * W == s.Lq && s.Lq == s.Lk, where, [&] {
+    return std::string("grid is " + std::to_string(H) + " x " + std::to_string(W) +
+                       ": rows * cols must equal the sequence length (Lq = " + std::to_string(s.Lq) +
+                       ", Lk = " + std::to_string(s.Lk) + ", self-attention on the grid)");
+  });
+  const std::array<index_t, 3> want_t{s.H, std::max<index_t>(2 * H - 1, 0), std::max<index_t>(2 * W - 1, 0)};
+  detail::require(table.extents() == want_t, where, [&] {
+    return std::string("table has shape " + detail::shape_string(table.extents()) + ", expected " +
+                       detail::shape_string(want_t) + " [heads, 2H - 1, 2W - 1] for a " + std::to_string(H) +
+                       " x " + std::to_string(W) + " grid");
+  });
+  detail::require_data(table, where, "table");
+  if (out.empty()) return;
+  const bool post = options.mode == relative_mode::post_softmax;
+  const std::vector<T> windows =
+      detail::relative_windows<T>(table, H, W, options.offset, post ? T(1) : T(1.4426950408889634074));
+  using task_t = detail::relative_task<Arch, T>;
+  constexpr index_t Br = task_t::Br;
+  const index_t nblk = (s.Lq + Br - 1) / Br, ntasks = s.B * s.H * nblk;
+  const int nt = resolve_threads(options.threads, ntasks);
+  std::vector<detail::relative_workspace<T>> ws;
+  ws.reserve(static_cast<std::size_t>(nt));
+  for (int t = 0; t < nt; ++t) ws.emplace_back(s.dk, s.dv, Br, task_t::Bc);
+  const task_t task(s, q, k, v, out, windows, H, W, post, options.mask,
+                    static_cast<T>(scale * 1.4426950408889634074));
+  parallel_for(ntasks, nt, [&](index_t t, int thread) {
+    const index_t bh = t / nblk;
+    task.run(bh / s.H, bh % s.H, (t % nblk) * Br, ws[static_cast<std::size_t>(thread)]);
+  });
+}
+
+ATTNKIT_END_NAMESPACE
