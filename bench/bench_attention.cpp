@@ -39,6 +39,12 @@
 // twice the scope: fewer clipped border windows) and fits time against the pixel count (N).
 //
 //   bench_attention --benchmark_filter='^(peak|lambda/|full_attention/d:(64|128|256)/L:(3136|784|196)/H:4/)'
+//
+// CoAtNet (relative_attention_2d): relative_pre|relative_post/d:32/grid:<s>x<s>/L:<s^2>/H:<heads>/...
+// at 14x14 (12 heads) and 7x7 (24 heads), batch 32, beside full_attention/d:32/L:<s^2>/H:<heads> of
+// the same shapes (batch 32); whole calls or slices of heads.
+//
+//   bench_attention --benchmark_filter='^(peak|(relative_pre|relative_post|full_attention)/d:32/)'
 
 #include <cmath>
 #include <map>
@@ -367,6 +373,24 @@ int main(int argc, char** argv) {
     }
     register_lambda_family(ab::lambda_term::local, 256, 4, 23, t, {56, 80, 112, 160}, true);
   }
+
+  // CoAtNet's relative attention beside exact attention on the shapes of CoAtNet-0's attention
+  // stages at 224 x 224: 14 x 14 with C = 384 (12 heads) and 7 x 7 with C = 768 (24 heads), head
+  // dimension 32, batch 32; pre- and post-softmax. GFLOP/s counts exact attention's products.
+  for (int t : ab::config().threads)
+    for (auto [side, heads] : {std::pair<index_t, index_t>{14, 12}, {7, 24}}) {
+      const auto spec = ab::attention_spec::self(side * side, 32, heads, causal_mode::none, 32);
+      ab::sampling smp;
+      smp.how = ab::slicing::heads;
+      ab::register_attention(ab::attention_name("full_attention", spec, t), spec, t, ab::full_attention_fn(),
+                             smp);
+      const std::string grid = "/grid:" + std::to_string(side) + "x" + std::to_string(side);
+      for (auto mode : {attnkit::relative_mode::pre_softmax, attnkit::relative_mode::post_softmax})
+        ab::register_attention(
+            ab::attention_name(mode == attnkit::relative_mode::pre_softmax ? "relative_pre" : "relative_post",
+                               spec, t, grid),
+            spec, t, ab::relative_attention_fn(side, side, heads, mode), smp);
+    }
 
   return ab::run_benchmarks<fit_reporter>();
 }

@@ -1037,6 +1037,28 @@ struct lambda_case {
   }
 };
 
+// ----------------------------------------------------------------------------------------------
+// CoAtNet's relative attention
+
+/// relative_attention_2d as an attention_fn on a rows x cols grid, with a table [heads, 2 rows - 1,
+/// 2 cols - 1] uniform in [-1, 1) built once; a call on a slice of heads uses the table's first
+/// rows (samples are slices of heads: their cost does not depend on which).
+inline attention_fn relative_attention_fn(index_t rows, index_t cols, index_t heads,
+                                          attnkit::relative_mode mode) {
+  auto table =
+      std::make_shared<attnkit::tensor<float, 3>>(std::array<index_t, 3>{heads, 2 * rows - 1, 2 * cols - 1});
+  fill_uniform(table->data(), table->size(), 77);
+  return [=](const f4_cview& q, const f4_cview& k, const f4_cview& v, const f4_view& out,
+             const attnkit::attention_options& o) {
+    attnkit::relative_options ro;
+    ro.mode = mode;
+    ro.threads = o.threads;
+    const attnkit::tensor_view<const float, 3> t(table->data(), {q.extent(1), 2 * rows - 1, 2 * cols - 1},
+                                                 table->view().strides());
+    attnkit::relative_attention_2d(q, k, v, t, attnkit::relative_grid{rows, cols}, out, ro);
+  };
+}
+
 /// ||a - b||_F / ||b||_F over two equally shaped views: the relative error of an approximation `a`
 /// of `b` (NaN when any difference is NaN).
 inline double relative_error(const attnkit::tensor_view<const float, 4>& a,

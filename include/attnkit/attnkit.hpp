@@ -1,13 +1,13 @@
 // attnkit: umbrella header (public headers only).
 #pragma once
 
+#include "coatnet/options.hpp"
+#include "coatnet/relative_attention.hpp"
 #include "combiner/attention.hpp"
 #include "combiner/clusters.hpp"
 #include "combiner/options.hpp"
 #include "combiner/probabilities.hpp"
 #include "combiner/spec.hpp"
-#include "coatnet/options.hpp"
-#include "coatnet/relative_attention.hpp"
 #include "core/check.hpp"
 #include "core/config.hpp"
 #include "core/mask.hpp"
