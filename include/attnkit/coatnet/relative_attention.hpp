@@ -2,6 +2,8 @@
 // static, translation-equivariant kernel w_h[dy, dx] on the logits or on the attention weights.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -73,6 +75,67 @@ void relative_attention_2d(tensor_view<const detail::identity_t<T>, 4> q,
     const index_t bh = t / nblk;
     task.run(bh / s.H, bh % s.H, (t % nblk) * Br, ws[static_cast<std::size_t>(thread)]);
   });
+}
+
+/// Resizes a relative table [heads, 2H - 1, 2W - 1] to another grid (rows x cols): the table
+/// [heads, 2 rows - 1, 2 cols - 1] that timm's resize_rel_pos_bias_table_simple computes for
+/// (heads, H, W) tables, i.e. torch.nn.functional.interpolate(mode="bicubic",
+/// align_corners=False): output index o samples the input at (o + 0.5) * in / out - 0.5 with the
+/// cubic convolution kernel of A = -0.75 over 4 neighbours per axis, clamped at the borders.
+/// Computed in double, returned as T. Throws invalid_argument on an empty table or grid.
+template <class T>
+tensor<T, 3> resize_relative_table(tensor_view<const T, 3> table, relative_grid grid) {
+  constexpr const char* where = "attnkit::resize_relative_table";
+  detail::require(table.extent(0) >= 0 && table.extent(1) >= 1 && table.extent(2) >= 1, where, [&] {
+    return std::string("table has shape " + detail::shape_string(table.extents()) +
+                       ", expected [heads, 2H - 1 >= 1, 2W - 1 >= 1]");
+  });
+  detail::require(grid.rows >= 1 && grid.cols >= 1, where, [&] {
+    return std::string("grid is " + std::to_string(grid.rows) + " x " + std::to_string(grid.cols) +
+                       ", expected rows, cols >= 1");
+  });
+  detail::require_data(table, where, "table");
+  const index_t heads = table.extent(0), ih = table.extent(1), iw = table.extent(2);
+  const index_t oh = 2 * grid.rows - 1, ow = 2 * grid.cols - 1;
+  // per output index along one axis: the 4 input indices (clamped) and their weights
+  struct taps {
+    index_t i[4];
+    double w[4];
+  };
+  auto axis = [](index_t in, index_t out) {
+    constexpr double A = -0.75;
+    auto near = [&](double x) { return ((A + 2) * x - (A + 3)) * x * x + 1; };       // |x| <= 1
+    auto far = [&](double x) { return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A; };  // 1 < |x| < 2
+    const double scale = static_cast<double>(in) / static_cast<double>(out);
+    std::vector<taps> t(static_cast<std::size_t>(out));
+    for (index_t o = 0; o < out; ++o) {
+      const double src = scale * (static_cast<double>(o) + 0.5) - 0.5;
+      const double f = std::floor(src), x = src - f;
+      taps& tp = t[static_cast<std::size_t>(o)];
+      const double w[4] = {far(x + 1), near(x), near(1 - x), far(2 - x)};
+      for (int k = 0; k < 4; ++k) {
+        tp.i[k] = std::clamp<index_t>(static_cast<index_t>(f) - 1 + k, 0, in - 1);
+        tp.w[k] = w[k];
+      }
+    }
+    return t;
+  };
+  const std::vector<taps> ty = axis(ih, oh), tx = axis(iw, ow);
+  tensor<T, 3> out({heads, oh, ow});
+  for (index_t h = 0; h < heads; ++h)
+    for (index_t y = 0; y < oh; ++y)
+      for (index_t x = 0; x < ow; ++x) {
+        const taps& a = ty[static_cast<std::size_t>(y)];
+        const taps& b = tx[static_cast<std::size_t>(x)];
+        double acc = 0.0;
+        for (int r = 0; r < 4; ++r) {
+          double row = 0.0;
+          for (int c = 0; c < 4; ++c) row += b.w[c] * static_cast<double>(table(h, a.i[r], b.i[c]));
+          acc += a.w[r] * row;
+        }
+        out(h, y, x) = static_cast<T>(acc);
+      }
+  return out;
 }
 
 ATTNKIT_END_NAMESPACE
