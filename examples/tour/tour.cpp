@@ -10,7 +10,7 @@
 // ||out - exact||_F / ||exact||_F against exact attention for operators that approximate softmax
 // (FAVOR+, Combiner), the max abs error against the naive reference for exact ones.
 //
-// Adding an operator (CoAtNet ...) = appending a row in
+// Adding an operator (CoAtNet blocks ...) = appending a row in
 // make_rows(): attention_row() for anything with the attention signature, or a custom tour_row.
 #include <cstdio>
 #include <cstdlib>
@@ -117,12 +117,23 @@ std::vector<tour_row> make_rows(ab::attention_problem& p, const tour_options& o,
                                    ab::combiner_attention_fn(plan), threads, ab::slicing::heads, 0.75e9,
                                    ab::combiner_flops_fn(plan)));
   }
+  // CoAtNet's 2D relative attention on the tokens as a grid (ab::combiner_axial_grid): exact
+  // attention plus a per-head table w_h[dy, dx] (uniform in [-1, 1)), pre- and post-softmax. No
+  // error column (the table changes the operator); the speed-up column is its cost over exact.
+  const auto [grid_rows, grid_cols] = ab::combiner_axial_grid(o.L);
+  for (auto mode : {attnkit::relative_mode::pre_softmax, attnkit::relative_mode::post_softmax}) {
+    const bool pre = mode == attnkit::relative_mode::pre_softmax;
+    rows.push_back(attention_row(std::string("relative_2d ") + (pre ? "pre " : "post ") +
+                                     std::to_string(grid_rows) + "x" + std::to_string(grid_cols),
+                                 p, false, versus::none,
+                                 ab::relative_attention_fn(grid_rows, grid_cols, o.heads, mode), threads,
+                                 ab::slicing::heads));
+  }
   // Lambda layers: lambda_attention over the same tokens laid out as a grid (ab::combiner_axial_grid,
   // e.g. 32x64 at L = 2048), `heads` queries of k = 16 sharing each lambda, v = d (the output width
   // of the attention rows): the global relative term (u = 1) and the local one (lambda convolution,
   // scope 23x23, u = 4). Bidirectional, whole calls; no error column (a lambda layer is its own
   // operator, not an estimate of softmax attention).
-  const auto [grid_rows, grid_cols] = ab::combiner_axial_grid(o.L);
   for (ab::lambda_term term : {ab::lambda_term::relative, ab::lambda_term::local}) {
     const bool local = term == ab::lambda_term::local;
     auto c = std::make_shared<ab::lambda_case>(term, grid_rows, grid_cols, o.heads * o.d, local ? 4 : 1, 23,
