@@ -1,0 +1,178 @@
+// attnkit: kernels behind coatnet/ops.hpp: vectorized activations over contiguous rows, the
+// packed-weight block product every dense convolution and linear layer runs on (im2col of a fixed
+// chunk of output pixels times the repacked weights [K, Cout padded to whole registers]), and the
+// argument checks the ops share.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "../../core/attention_args.hpp"
+#include "../../core/math.hpp"
+#include "../../core/parallel.hpp"
+#include "../../core/simd.hpp"
+#include "../../core/tensor.hpp"
+#include "../../lambda/detail/kernel.hpp"
+
+ATTNKIT_BEGIN_NAMESPACE
+namespace coatnet {
+
+/// Pointwise activations of the ops (PyTorch definitions): relu max(x, 0); silu x sigmoid(x);
+/// gelu x Phi(x) with the exact erf (nn.GELU()); gelu_tanh nn.GELU(approximate="tanh");
+/// sigmoid 1 / (1 + e^-x).
+enum class activation { none, relu, silu, gelu, gelu_tanh, sigmoid };
+
+}  // namespace coatnet
+
+namespace detail {
+
+constexpr index_t ops_block = 64;  ///< elements per activation block (stack scratch)
+
+/// x[0..n) = act(x[0..n)) in place. float gelu: erfc from the rational Chebyshev fit of Numerical
+/// Recipes (relative error < 1.2e-7 everywhere, also in the far tail); double gelu: std::erfc.
+template <class Arch, class T>
+void activate_row(coatnet::activation act, T* x, index_t n) {
+  using B = simd::batch<T, Arch>;
+  constexpr index_t W = B::size;
+  using coatnet::activation;
+  if (act == activation::none) return;
+  if (act == activation::relu) {
+    for (index_t i = 0; i < n; ++i) x[i] = x[i] > T(0) ? x[i] : T(0);
+    return;
+  }
+  if (act == activation::gelu && std::is_same_v<T, double>) {
+    for (index_t i = 0; i < n; ++i) x[i] = T(0.5) * x[i] * std::erfc(-x[i] * T(0.70710678118654752440));
+    return;
+  }
+  alignas(64) T e[ops_block], t[ops_block];
+  for (index_t i0 = 0; i0 < n; i0 += ops_block) {
+    const index_t m = std::min(ops_block, n - i0);
+    T* xs = x + i0;
+    // e = the exponent's argument, then its exp (vectorized; the tail lane-wise by the scalar batch)
+    if (act == activation::silu || act == activation::sigmoid) {
+      for (index_t i = 0; i < m; ++i) e[i] = -xs[i];
+    } else if (act == activation::gelu_tanh) {
+      for (index_t i = 0; i < m; ++i) {
+        const T v = xs[i];
+        e[i] = T(-2) * T(0.79788456080286535588) * (v + T(0.044715) * v * v * v);
+      }
+    } else {  // gelu (float): erfc(z), z = |x| / sqrt(2) = t exp(-z^2 + P(t)), t = 1 / (1 + z / 2)
+      for (index_t i = 0; i < m; ++i) {
+        const T z = std::fabs(xs[i]) * T(0.70710678118654752440);
+        const T tt = T(1) / (T(1) + T(0.5) * z);
+        t[i] = tt;
+        e[i] = -z * z - T(1.26551223) +
+               tt * (T(1.00002368) +
+                     tt * (T(0.37409196) +
+                           tt * (T(0.09678418) +
+                                 tt * (T(-0.18628806) +
+                                       tt * (T(0.27886807) +
+                                             tt * (T(-1.13520398) +
+                                                   tt * (T(1.48851587) +
+                                                         tt * (T(-0.82215223) + tt * T(0.17087277)))))))));
+      }
+    }
+    index_t i = 0;
+    for (; i + W <= m; i += W) exp(B::load(e + i)).store(e + i);
+    for (; i < m; ++i) e[i] = exp_scalar(e[i]);
+    if (act == activation::silu || act == activation::gelu_tanh) {
+      for (index_t j = 0; j < m; ++j) xs[j] = xs[j] / (T(1) + e[j]);  // exp overflow: x / inf = 0
+    } else if (act == activation::sigmoid) {
+      for (index_t j = 0; j < m; ++j) xs[j] = T(1) / (T(1) + e[j]);
+    } else {
+      for (index_t j = 0; j < m; ++j) {
+        const T c = t[j] * e[j];  // erfc(|x| / sqrt 2)
+        xs[j] = xs[j] * T(0.5) * (xs[j] > T(0) ? T(2) - c : c);
+      }
+    }
+  }
+}
+
+/// Scalar activation in double (the SE's small vectors).
+inline double activate_scalar(coatnet::activation act, double x) {
+  using coatnet::activation;
+  switch (act) {
+    case activation::none:
+      return x;
+    case activation::relu:
+      return x > 0 ? x : 0;
+    case activation::silu:
+      return x / (1 + std::exp(-x));
+    case activation::gelu:
+      return 0.5 * x * std::erfc(-x * 0.70710678118654752440);
+    case activation::gelu_tanh:
+      return 0.5 * x * (1 + std::tanh(0.79788456080286535588 * (x + 0.044715 * x * x * x)));
+    case activation::sigmoid:
+      return 1 / (1 + std::exp(-x));
+  }
+  return x;
+}
+
+inline void check_activation(coatnet::activation act, const char* where) {
+  require(act >= coatnet::activation::none && act <= coatnet::activation::sigmoid, where,
+          "act is not an activation value");
+}
+
+/// Throws unless x has exactly the extents `want`.
+template <class V, std::size_t N>
+void check_shape(const V& x, const std::array<index_t, N>& want, const char* where, const char* name) {
+  require(x.extents() == want, where, [&] {
+    return std::string(name) + " has shape " + shape_string(x.extents()) + ", expected " + shape_string(want);
+  });
+  require_data(x, where, name);
+}
+
+/// Throws when out writes one element twice (stride 0 on an extent > 1) or has no data.
+template <class V>
+void check_output(const V& out, const char* where) {
+  require_data(out, where, "out");
+  for (std::size_t d = 0; d < V::rank && !out.empty(); ++d)
+    require(out.stride(d) != 0 || out.extent(d) <= 1, where, [&] {
+      return std::string("out has stride 0 in dimension " + std::to_string(d) + " (extent " +
+                         std::to_string(out.extent(d)) + "): outputs would overwrite each other");
+    });
+}
+
+/// Weights repacked for the block product: wp[k][co] (k < K, co < np, zero padded to whole
+/// registers), bias[co] (zero padded).
+template <class T>
+struct packed_weights {
+  std::vector<T> w, bias;
+  index_t k = 0, n = 0, np = 0;
+};
+
+/// C [rows, np] = A [rows, K] * Wp (A(r, p) = a[r * a_rs + p * a_cs]) in blocks of K, then bias and
+/// act, then out row r = C row r[0..n) through row_ptr(r) with column stride os.
+template <class Arch, class T, class RowPtr>
+void packed_product(index_t rows, const T* a, index_t a_rs, index_t a_cs, const packed_weights<T>& pw,
+                    coatnet::activation act, std::vector<T>& c, RowPtr row_ptr, index_t os) {
+  constexpr index_t kb = 256;  // depth block: the panel of A and Bp stays in L2
+  c.resize(static_cast<std::size_t>(rows * pw.np));
+  for (index_t k0 = 0; k0 < pw.k; k0 += kb) {
+    const index_t kc = std::min(kb, pw.k - k0);
+    const T* bp = pw.w.data() + k0 * pw.np;
+    if (k0 == 0)
+      lambda_product<Arch, false>(rows, kc, a, a_rs, a_cs, bp, pw.np, c.data(), pw.np, pw.np);
+    else
+      lambda_product<Arch, true>(rows, kc, a + k0 * a_cs, a_rs, a_cs, bp, pw.np, c.data(), pw.np, pw.np);
+  }
+  if (pw.k == 0) std::fill(c.begin(), c.end(), T(0));
+  using B = simd::batch<T, Arch>;
+  for (index_t r = 0; r < rows; ++r) {
+    T* cr = c.data() + r * pw.np;
+    for (index_t j = 0; j < pw.np; j += B::size)
+      (B::load(cr + j) + B::load(pw.bias.data() + j)).store(cr + j);
+    activate_row<Arch>(act, cr, pw.n);
+    T* o = row_ptr(r);
+    if (os == 1)
+      std::copy(cr, cr + pw.n, o);
+    else
+      for (index_t j = 0; j < pw.n; ++j) o[j * os] = cr[j];
+  }
+}
+
+}  // namespace detail
+ATTNKIT_END_NAMESPACE
