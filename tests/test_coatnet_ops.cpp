@@ -409,6 +409,14 @@ TEST_CASE("coatnet ops reject invalid arguments and write nothing", "[coatnet_op
   CHECK_THROWS_AS(co::squeeze_excitation(x, w1, b2, w1, b, out({2, 5, 6, 4})), invalid_argument);  // w_expand
   CHECK_THROWS_AS(co::conv2d(x, w, b, view<T, 4>(os.data(), {2, 5, 6, 8}, {0, 48, 8, 1}), 1, 1),
                   invalid_argument);  // stride 0 output
+  CHECK_THROWS_AS(
+      co::conv2d(view<const T, 4>::contiguous(xs.data(), {1, 1, 2, 4}), w, b, out({1, 1, 1, 8}), 1, 0),
+      invalid_argument);  // input smaller than the kernel
+  CHECK_THROWS_AS(co::layer_norm(x, view<const T, 1>(bs.data(), {4}, {1}),
+                                 view<const T, 1>(bs.data(), {4}, {1}), out({2, 5, 6, 4}), -1.0),
+                  invalid_argument);  // eps
+  CHECK_THROWS_AS(co::fold_batch_norm(w, b, b, b, b, view<const T, 1>(bs.data(), {4}, {1})),
+                  invalid_argument);
   CHECK(untouched());
   // empty extents: nothing to do, nothing written
   co::conv2d(view<const T, 4>::contiguous(xs.data(), {0, 5, 6, 4}), w, b, out({0, 5, 6, 8}), 1, 1);
