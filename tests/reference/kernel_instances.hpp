@@ -6,6 +6,7 @@
 // kernels over all cores instead of compiling them one after the other inside test_attention.cpp.
 #pragma once
 
+#include <attnkit/coatnet/relative_attention.hpp>
 #include <attnkit/combiner/attention.hpp>
 #include <attnkit/favor/attention.hpp>
 #include <attnkit/favor/decoder.hpp>
@@ -31,7 +32,11 @@
   ATTNKIT_TEST_COMBINER(EXTERN, ARCH, T, learnable)                                                         \
   EXTERN template void attnkit::lambda_attention<attnkit::simd::ARCH, T>(                                   \
       attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
-      const attnkit::lambda_position<T>&, attnkit::tensor_view<T, 3>, const attnkit::lambda_options&);
+      const attnkit::lambda_position<T>&, attnkit::tensor_view<T, 3>, const attnkit::lambda_options&);      \
+  EXTERN template void attnkit::relative_attention_2d<attnkit::simd::ARCH, T>(                              \
+      attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
+      attnkit::tensor_view<const T, 3>, attnkit::relative_grid, attnkit::tensor_view<T, 4>,                 \
+      const attnkit::relative_options&);
 
 #if defined(ATTNKIT_TEST_INSTANTIATE_ARCH)
 ATTNKIT_TEST_KERNELS(, ATTNKIT_TEST_INSTANTIATE_ARCH, ATTNKIT_TEST_INSTANTIATE_TYPE)
