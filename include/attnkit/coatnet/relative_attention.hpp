@@ -46,7 +46,7 @@ void relative_attention_2d(tensor_view<const detail::identity_t<T>, 4> q,
                       options.offset == relative_offset::query_minus_key,
                   where, "options.offset is not a relative_offset value");
   const index_t H = grid.rows, W = grid.cols;
-  detail::require(H >= 0 && W >= 0 && H * W == s.Lq && s.Lq == s.Lk, where, [&] {
+  detail::require(detail::grid_covers(H, W, s.Lq) && s.Lq == s.Lk, where, [&] {
     return std::string("grid is " + std::to_string(H) + " x " + std::to_string(W) +
                        ": rows * cols must equal the sequence length (Lq = " + std::to_string(s.Lq) +
                        ", Lk = " + std::to_string(s.Lk) + ", self-attention on the grid)");

@@ -3,6 +3,7 @@
 
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -39,6 +40,13 @@ inline void require(bool ok, const char* where, const std::string& what) {
 template <class F, class = std::enable_if_t<std::is_invocable_r_v<std::string, F&>>>
 void require(bool ok, const char* where, F&& what) {
   if (!ok) throw invalid_argument(std::string(where) + ": " + what());
+}
+
+/// True when rows, cols >= 0 and rows * cols == n, without overflowing for huge rows or cols.
+inline bool grid_covers(std::int64_t rows, std::int64_t cols, std::int64_t n) {
+  if (rows < 0 || cols < 0) return false;
+  if (rows == 0 || cols == 0) return n == 0;
+  return cols <= n / rows && rows * cols == n;
 }
 
 }  // namespace detail

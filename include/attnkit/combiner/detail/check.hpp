@@ -52,7 +52,7 @@ combiner_call check_combiner(const char* where, const attention_shape& s, const 
     if (plan.span > 0) c.span = static_cast<index_t>(plan.span);
   }
   if constexpr (std::is_same_v<Plan, combiner::axial>) {
-    require(plan.rows >= 0 && plan.cols >= 0 && plan.rows * plan.cols == L, where, [&] {
+    require(grid_covers(plan.rows, plan.cols, L), where, [&] {
       return std::string("axial plan has rows = " + std::to_string(plan.rows) +
                          " and cols = " + std::to_string(plan.cols) +
                          ": rows * cols must equal the sequence length L = " + std::to_string(L));

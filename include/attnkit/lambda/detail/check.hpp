@@ -94,7 +94,7 @@ lambda_shape check_lambda(const char* where, const tensor_view<const T, 4>& q,
       });
       s.rows = pos.grid.rows;
       s.cols = pos.grid.cols == 0 && pos.grid.rows == 1 ? s.n : pos.grid.cols;
-      require(s.rows >= 1 && s.cols >= 0 && s.rows * s.cols == s.n, where, [&] {
+      require(s.rows >= 1 && grid_covers(s.rows, s.cols, s.n), where, [&] {
         return std::string(name) + " position term has a grid of rows = " + std::to_string(pos.grid.rows) +
                " and cols = " + std::to_string(pos.grid.cols) +
                ": rows * cols must equal n = " + std::to_string(s.n);
