@@ -309,6 +309,30 @@ ref::relative_result select_rows(const ref::relative_result& r, const std::vecto
 
 void set_zero(dtensor& x) { std::fill(x.data(), x.data() + x.size(), 0.0); }
 
+/// Runs problems a and b in float and double on every arch: each against its fp64 reference, and
+/// b's outputs at the queries qb against a's at qa (the same translated problem) within `budget`.
+void require_moved(const rdata& a, const rdata& b, const ref::relative_result& want_a,
+                   const ref::relative_result& want_b, const std::vector<index_t>& qa,
+                   const std::vector<index_t>& qb, const ref::relative_result& budget, double nops,
+                   const char* what) {
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const auto in_a = to_type<T>(a), in_b = to_type<T>(b);
+    for_each_arch([&](auto arch) {
+      using Arch = decltype(arch);
+      INFO("arch " << Arch::name << " " << type_name<T>());
+      const auto out_a = run_rel<Arch>(in_a, a.options());
+      const auto out_b = run_rel<Arch>(in_b, b.options());
+      require_rel_close<T>(out_a.cv(), want_a.out, want_a, nops, "original vs fp64");
+      require_rel_close<T>(out_b.cv(), want_b.out, want_b, nops, "moved vs fp64");
+      require_rel_close<T>(select_rows(to_double(out_b.cv()), qb).cview(),
+                           select_rows(to_double(out_a.cv()), qa), budget, nops, what, 2);
+    });
+  };
+  run(float{});
+  run(double{});
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -517,23 +541,8 @@ TEST_CASE(
       // the fp64 reference has the property too (the same nonzero terms)
       require_rel_close<double>(select_rows(want_l.out, qs_large).cview(), want.out, budget, 3,
                                 "fp64: large grid at the moved queries vs small grid", 2);
-      auto run = [&](auto tag) {
-        using T = decltype(tag);
-        const auto in_s = to_type<T>(small), in_l = to_type<T>(large);
-        for_each_arch([&](auto arch) {
-          using Arch = decltype(arch);
-          INFO("arch " << Arch::name << " " << type_name<T>());
-          const auto out_s = run_rel<Arch>(in_s, small.options());
-          const auto out_l = run_rel<Arch>(in_l, large.options());
-          require_rel_close<T>(out_s.cv(), want_s.out, want_s, 3, "small grid vs fp64");
-          require_rel_close<T>(out_l.cv(), want_l.out, want_l, 3, "large grid vs fp64");
-          require_rel_close<T>(select_rows(to_double(out_l.cv()), qs_large).cview(),
-                               select_rows(to_double(out_s.cv()), qs_small), budget, 3,
-                               "large grid at the moved queries vs small grid", 2);
-        });
-      };
-      run(float{});
-      run(double{});
+      require_moved(small, large, want_s, want_l, qs_small, qs_large, budget, 3,
+                    "large grid at the moved queries vs small grid");
     }
 }
 
@@ -579,23 +588,7 @@ TEST_CASE("relative: post_softmax with q = k = 0 is translation-equivariant on t
     const auto want = select_rows(want_a, qa);
     require_rel_close<double>(select_rows(want_b.out, qb).cview(), want.out, want, 5,
                               "fp64: moved vs original", 2);
-    auto run = [&](auto tag) {
-      using T = decltype(tag);
-      const auto in_a = to_type<T>(a), in_b = to_type<T>(b);
-      for_each_arch([&](auto arch) {
-        using Arch = decltype(arch);
-        INFO("arch " << Arch::name << " " << type_name<T>());
-        const auto out_a = run_rel<Arch>(in_a, a.options());
-        const auto out_b = run_rel<Arch>(in_b, b.options());
-        require_rel_close<T>(out_a.cv(), want_a.out, want_a, 5, "original vs fp64");
-        require_rel_close<T>(out_b.cv(), want_b.out, want_b, 5, "moved vs fp64");
-        require_rel_close<T>(select_rows(to_double(out_b.cv()), qb).cview(),
-                             select_rows(to_double(out_a.cv()), qa), want, 5,
-                             "moved output vs original output moved", 2);
-      });
-    };
-    run(float{});
-    run(double{});
+    require_moved(a, b, want_a, want_b, qa, qb, want, 5, "moved output vs original output moved");
   }
 }
 
