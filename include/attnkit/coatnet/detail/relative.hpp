@@ -90,19 +90,8 @@ class relative_task {
     cb.kmax = len;
     std::fill(cb.kend.data(), cb.kend.data() + ld, T(0));
     std::fill(cb.kend.data(), cb.kend.data() + n, static_cast<T>(len));
-    T* qt = cb.qt.data();
-    if (q_.stride(3) == 1) {
-      rows_to_panel<Arch, T>(
-          n, s_.dk, [&](index_t c) { return q_.ptr(b, h, i0 + c, 0); }, qt, ld);
-    } else {
-      for (index_t c = 0; c < n; ++c)
-        for (index_t p = 0; p < s_.dk; ++p) qt[p * ld + c] = q_(b, h, i0 + c, p);
-    }
-    for (index_t p = 0; p < s_.dk; ++p) {
-      T* row = qt + p * ld;
-      std::fill(row + n, row + ld, T(0));
-      for (index_t c = 0; c < n; ++c) row[c] *= qscale_;
-    }
+    pack_queries<Arch>(
+        cb, s_.dk, n, [&](index_t c) { return q_.ptr(b, h, i0 + c, 0); }, q_.stride(3), qscale_);
     std::fill(cb.m.data(), cb.m.data() + ld, -std::numeric_limits<T>::infinity());
     std::fill(cb.l.data(), cb.l.data() + ld, T(0));
     std::fill(cb.ot.data(), cb.ot.data() + s_.dv * ld, T(0));

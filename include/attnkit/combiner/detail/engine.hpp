@@ -64,7 +64,6 @@ class combiner_block {
     const index_t ld = cb_.ld;
     cb_.kmin = std::numeric_limits<index_t>::max();
     cb_.kmax = 0;
-    T* qt = cb_.qt.data();
     for (index_t c = 0; c < ld; ++c) {
       const index_t e = c < ncols ? kend(c) : 0;
       cb_.kend.data()[c] = static_cast<T>(e);
@@ -73,20 +72,7 @@ class combiner_block {
         cb_.kmax = std::max(cb_.kmax, e);
       }
     }
-    // Q^T: register-tile transposes of the query rows, padding columns zero, then the scale
-    if (qs == 1) {
-      rows_to_panel<Arch, T>(ncols, dk_, qrow, qt, ld);
-    } else {
-      for (index_t c = 0; c < ncols; ++c) {
-        const T* qr = qrow(c);
-        for (index_t p = 0; p < dk_; ++p) qt[p * ld + c] = qr[p * qs];
-      }
-    }
-    for (index_t p = 0; p < dk_; ++p) {
-      T* row = qt + p * ld;
-      std::fill(row + ncols, row + ld, T(0));
-      for (index_t c = 0; c < ncols; ++c) row[c] *= qscale;
-    }
+    pack_queries<Arch>(cb_, dk_, ncols, qrow, qs, qscale);
     if (ncols == 0) cb_.kmin = 0;
     std::fill(cb_.m.data(), cb_.m.data() + ld, -std::numeric_limits<T>::infinity());
     std::fill(cb_.l.data(), cb_.l.data() + ld, T(0));
@@ -162,17 +148,7 @@ class combiner_block {
   /// The same for the columns c < ncols at once, column c to dst(c) (register-tile transposes when ds == 1).
   template <class D>
   void finish_all(index_t ncols, index_t e0, index_t n, D&& dst, index_t ds) const {
-    if (ds != 1) {
-      for (index_t c = 0; c < ncols; ++c) finish(c, e0, n, dst(c), ds);
-      return;
-    }
-    panel_to_rows<Arch, T>(ncols, n, cb_.ot.data() + e0 * cb_.ld, cb_.ld, dst);
-    for (index_t c = 0; c < ncols; ++c) {
-      const T l = cb_.l.data()[c];
-      const T inv = l > T(0) ? T(1) / l : T(0);
-      T* d = dst(c);
-      for (index_t e = 0; e < n; ++e) d[e] *= inv;
-    }
+    write_columns<Arch>(cb_, e0, n, ncols, dst, ds);
   }
   /// Saves the states of the columns c < ncols: O rows [0, n) to o(c), m and l to m(c), l(c).
   template <class O, class M, class Lf>

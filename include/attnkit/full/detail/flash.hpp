@@ -21,6 +21,7 @@
 #include "../../core/math.hpp"
 #include "../../core/parallel.hpp"
 #include "../../core/softmax.hpp"
+#include "../../core/transpose.hpp"
 #include "../options.hpp"
 
 ATTNKIT_BEGIN_NAMESPACE
@@ -87,6 +88,45 @@ struct flash_workspace {
     for (int i = 0; i < nblocks; ++i) blocks.emplace_back(dk, dv, br, bc);
   }
 };
+
+/// Packs Q^T of the columns c < n into cb.qt (column stride cb.ld): query row qrow(c) with element
+/// stride qs, scaled by qscale; the padding columns [n, cb.ld) are zero. Register-tile transposes
+/// when the rows are contiguous.
+template <class Arch, class T, class Q>
+void pack_queries(flash_columns<T>& cb, index_t dk, index_t n, Q&& qrow, index_t qs, T qscale) {
+  T* qt = cb.qt.data();
+  const index_t ld = cb.ld;
+  if (qs == 1) {
+    rows_to_panel<Arch, T>(n, dk, qrow, qt, ld);
+  } else {
+    for (index_t c = 0; c < n; ++c) {
+      const T* qr = qrow(c);
+      for (index_t p = 0; p < dk; ++p) qt[p * ld + c] = qr[p * qs];
+    }
+  }
+  for (index_t p = 0; p < dk; ++p) {
+    T* row = qt + p * ld;
+    std::fill(row + n, row + ld, T(0));
+    for (index_t c = 0; c < n; ++c) row[c] *= qscale;
+  }
+}
+
+/// Writes O / l of the columns c < n (rows [e0, e0 + ne) of O^T) to dst(c)[e * ds]; a column that
+/// saw no key gets zeros. Register-tile transposes when ds == 1.
+template <class Arch, class T, class D>
+void write_columns(const flash_columns<T>& cb, index_t e0, index_t ne, index_t n, D&& dst, index_t ds) {
+  const T* ot = cb.ot.data() + e0 * cb.ld;
+  if (ds == 1) panel_to_rows<Arch, T>(n, ne, ot, cb.ld, dst);
+  for (index_t c = 0; c < n; ++c) {
+    const T l = cb.l.data()[c];
+    const T inv = l > T(0) ? T(1) / l : T(0);
+    T* d = dst(c);
+    if (ds == 1)
+      for (index_t e = 0; e < ne; ++e) d[e] *= inv;
+    else
+      for (index_t e = 0; e < ne; ++e) d[e * ds] = ot[e * cb.ld + c] * inv;
+  }
+}
 
 /// One source of values for the product O^T += V_blk^T P^T: `rows` value dimensions read at
 /// ptr[j * sj + e * sd] for key j of the block (ptr points at the block's first key), written to
@@ -255,7 +295,6 @@ class flash_task {
     const index_t ld = cb.ld;
     cb.kmin = std::numeric_limits<index_t>::max();
     cb.kmax = 0;
-    T* qt = cb.qt.data();
     T* kend = cb.kend.data();
     for (index_t c = 0; c < ld; ++c) {
       if (c < cb.ncols) {
@@ -267,14 +306,13 @@ class flash_task {
         kend[c] = static_cast<T>(e);
         cb.kmin = std::min(cb.kmin, e);
         cb.kmax = std::max(cb.kmax, e);
-        const T* qrow = q_.ptr(b, h, i, 0);
-        const index_t qs = q_.stride(3);
-        for (index_t p = 0; p < s_.dk; ++p) qt[p * ld + c] = qrow[p * qs] * qscale_;
       } else {
         kend[c] = T(0);
-        for (index_t p = 0; p < s_.dk; ++p) qt[p * ld + c] = T(0);
       }
     }
+    pack_queries<Arch>(
+        cb, s_.dk, cb.ncols, [&](index_t c) { return q_.ptr(b, cb.col_head[c], cb.col_query[c], 0); },
+        q_.stride(3), qscale_);
     std::fill(cb.m.data(), cb.m.data() + ld, -std::numeric_limits<T>::infinity());
     std::fill(cb.l.data(), cb.l.data() + ld, T(0));
     std::fill(cb.ot.data(), cb.ot.data() + s_.dv * ld, T(0));
@@ -296,13 +334,9 @@ class flash_task {
 
   /// out = O / l; a column that saw no key gets zeros.
   void finish(const flash_columns<T>& cb, index_t b) const {
-    const index_t os = out_.stride(3);
-    for (index_t c = 0; c < cb.ncols; ++c) {
-      const T l = cb.l.data()[c];
-      const T inv = l > T(0) ? T(1) / l : T(0);
-      T* orow = out_.ptr(b, cb.col_head[c], cb.col_query[c], 0);
-      for (index_t e = 0; e < s_.dv; ++e) orow[e * os] = cb.ot.data()[e * cb.ld + c] * inv;
-    }
+    write_columns<Arch>(
+        cb, 0, s_.dv, cb.ncols, [&](index_t c) { return out_.ptr(b, cb.col_head[c], cb.col_query[c], 0); },
+        out_.stride(3));
   }
 
   const attention_shape& s_;
