@@ -67,12 +67,14 @@ double act_ref(activation a, double x) {
       return 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
     case activation::sigmoid:
       return 1 / (1 + std::exp(-x));
+    case activation::tanh:
+      return std::tanh(x);
   }
   return x;
 }
 
-const activation kActs[] = {activation::none, activation::relu,      activation::silu,
-                            activation::gelu, activation::gelu_tanh, activation::sigmoid};
+const activation kActs[] = {activation::none,      activation::relu,    activation::silu, activation::gelu,
+                            activation::gelu_tanh, activation::sigmoid, activation::tanh};
 
 /// nn.Conv2d(groups) on NHWC x, weight [Cout, Cin / groups, kh, kw], zero padding, then act.
 dtensor conv_ref(const dtensor& x, const dtensor& w, const dvec* bias, int stride, int pad, int groups,

@@ -94,15 +94,120 @@ void check_conv(const tensor_view<const T, 4>& x, const tensor_view<const T, 4>&
   check_output(out, where);
 }
 
+/// Convolution weights [Cout, Cin, kh, kw] and bias (empty: 0) packed in the im2col order of
+/// conv2d_packed: product index p = (ky kw + kx) Cin + i.
+template <class Arch, class T>
+packed_weights<T> pack_conv(const tensor_view<const T, 4>& w, const tensor_view<const T, 1>& bias) {
+  const index_t cin = w.extent(1), kw = w.extent(3);
+  return pack_weights<Arch, T>(
+      w.extent(0), cin * w.extent(2) * kw,
+      [&](index_t o, index_t p) {
+        const index_t kk = p / cin;
+        return w(o, p % cin, kk / kw, kk % kw);
+      },
+      [&](index_t o) { return bias.data() ? bias(o) : T(0); });
+}
+
+/// True when the pixels of x (b, h, w) are equally spaced: a 1x1 convolution reads x in place.
 template <class T>
-packed_weights<T> pack_bias(const tensor_view<const T, 1>& bias, index_t n, index_t np) {
-  packed_weights<T> p;
-  p.n = n;
-  p.np = np;
-  p.bias.assign(static_cast<std::size_t>(np), T(0));
-  if (bias.data())
-    for (index_t o = 0; o < n; ++o) p.bias[static_cast<std::size_t>(o)] = bias(o);
-  return p;
+bool uniform_pixels(const tensor_view<const T, 4>& x) {
+  const index_t ps = x.stride(2);
+  return (x.extent(1) <= 1 || x.stride(1) == x.extent(2) * ps) &&
+         (x.extent(0) <= 1 || x.stride(0) == x.extent(1) * x.extent(2) * ps);
+}
+
+/// out = act(conv(x, pw) + bias) [+ residual]: the checked convolution of conv2d on packed weights
+/// (kh x kw, stride, padding) over chunks of 64 output pixels (im2col of the chunk, or x in place
+/// for a 1x1 convolution on equally spaced pixels). residual, when not null, is a contiguous
+/// [B, OH, OW, Cout] buffer added after the activation (it may be out's own memory).
+template <class Arch, class T>
+void conv2d_packed(const tensor_view<const T, 4>& x, const packed_weights<T>& pw, index_t kh, index_t kw,
+                   int stride, int padding, activation act, const tensor_view<T, 4>& out, const T* residual,
+                   int threads) {
+  if (out.empty()) return;
+  const index_t cin = x.extent(3), K = pw.k, cout = pw.n;
+  const index_t B = x.extent(0), H = x.extent(1), Wd = x.extent(2);
+  const index_t OH = out.extent(1), OW = out.extent(2), npix = B * OH * OW;
+  const bool direct = kh == 1 && kw == 1 && stride == 1 && padding == 0 && uniform_pixels(x);
+  constexpr index_t chunk = 64;
+  const index_t ntasks = (npix + chunk - 1) / chunk;
+  const int nt = resolve_threads(threads, ntasks);
+  struct scratch {
+    std::vector<T> a, c;
+  };
+  std::vector<scratch> ws(static_cast<std::size_t>(nt));
+  parallel_for(ntasks, nt, [&](index_t task, int t) {
+    scratch& s = ws[static_cast<std::size_t>(t)];
+    const index_t p0 = task * chunk, rows = std::min(chunk, npix - p0);
+    const T* a = nullptr;
+    index_t a_rs = K, a_cs = 1;
+    if (direct) {
+      a = x.ptr(p0 / (OH * OW), p0 / OW % OH, p0 % OW, 0);
+      a_rs = x.stride(2);
+      a_cs = x.stride(3);
+    } else {
+      s.a.resize(static_cast<std::size_t>(rows * K));
+      for (index_t r = 0; r < rows; ++r) {
+        const index_t p = p0 + r, b = p / (OH * OW), oy = p / OW % OH, ox = p % OW;
+        T* ar = s.a.data() + r * K;
+        for (index_t ky = 0; ky < kh; ++ky) {
+          const index_t iy = oy * stride + ky - padding;
+          for (index_t kx = 0; kx < kw; ++kx, ar += cin) {
+            const index_t ix = ox * stride + kx - padding;
+            if (iy < 0 || iy >= H || ix < 0 || ix >= Wd) {
+              std::fill(ar, ar + cin, T(0));
+              continue;
+            }
+            const T* src = x.ptr(b, iy, ix, 0);
+            const index_t cs = x.stride(3);
+            for (index_t i = 0; i < cin; ++i) ar[i] = src[i * cs];
+          }
+        }
+      }
+      a = s.a.data();
+    }
+    auto row_ptr = [&](index_t r) {
+      const index_t p = p0 + r;
+      return out.ptr(p / (OH * OW), p / OW % OH, p % OW, 0);
+    };
+    if (residual)
+      packed_product<Arch>(rows, a, a_rs, a_cs, pw, act, s.c, row_ptr, out.stride(3),
+                           [&](index_t r) { return residual + (p0 + r) * cout; });
+    else
+      packed_product<Arch>(rows, a, a_rs, a_cs, pw, act, s.c, row_ptr, out.stride(3));
+  });
+}
+
+/// The squeeze-excitation gates [B, C] of x (see squeeze_excitation): in double, per image.
+template <class T>
+std::vector<T> se_gates(const tensor_view<const T, 4>& x, const tensor_view<const T, 4>& w_reduce,
+                        const tensor_view<const T, 1>& b_reduce, const tensor_view<const T, 4>& w_expand,
+                        const tensor_view<const T, 1>& b_expand, activation act, int threads) {
+  const index_t B = x.extent(0), H = x.extent(1), Wd = x.extent(2), C = x.extent(3), R = w_reduce.extent(0);
+  std::vector<T> gate(static_cast<std::size_t>(B * C));
+  parallel_for(B, resolve_threads(threads, B), [&](index_t b, int) {
+    std::vector<double> s(static_cast<std::size_t>(C), 0.0), r(static_cast<std::size_t>(R));
+    for (index_t h = 0; h < H; ++h)
+      for (index_t w = 0; w < Wd; ++w) {
+        const T* p = x.ptr(b, h, w, 0);
+        for (index_t c = 0; c < C; ++c)
+          s[static_cast<std::size_t>(c)] += static_cast<double>(p[c * x.stride(3)]);
+      }
+    for (double& v : s) v /= static_cast<double>(H * Wd);
+    for (index_t j = 0; j < R; ++j) {
+      double a = static_cast<double>(b_reduce(j));
+      for (index_t c = 0; c < C; ++c)
+        a += static_cast<double>(w_reduce(j, c, 0, 0)) * s[static_cast<std::size_t>(c)];
+      r[static_cast<std::size_t>(j)] = activate_scalar(act, a);
+    }
+    for (index_t c = 0; c < C; ++c) {
+      double a = static_cast<double>(b_expand(c));
+      for (index_t j = 0; j < R; ++j)
+        a += static_cast<double>(w_expand(c, j, 0, 0)) * r[static_cast<std::size_t>(j)];
+      gate[static_cast<std::size_t>(b * C + c)] = static_cast<T>(1.0 / (1.0 + std::exp(-a)));
+    }
+  });
+  return gate;
 }
 
 }  // namespace detail_ops
@@ -124,54 +229,8 @@ void conv2d(tensor_view<const detail::identity_t<T>, 4> x, tensor_view<const det
   check_activation(act, where);
   check_threads(threads, where);
   if (out.empty()) return;
-  constexpr index_t W = simd::batch<T, Arch>::size;
-  const index_t kh = weight.extent(2), kw = weight.extent(3), K = kh * kw * cin;
-  packed_weights<T> pw = pack_bias(bias, cout, (cout + W - 1) / W * W);
-  pw.k = K;
-  pw.w.assign(static_cast<std::size_t>(K * pw.np), T(0));
-  for (index_t o = 0; o < cout; ++o)
-    for (index_t ky = 0; ky < kh; ++ky)
-      for (index_t kx = 0; kx < kw; ++kx)
-        for (index_t i = 0; i < cin; ++i)
-          pw.w[static_cast<std::size_t>(((ky * kw + kx) * cin + i) * pw.np + o)] = weight(o, i, ky, kx);
-  const index_t B = x.extent(0), H = x.extent(1), Wd = x.extent(2);
-  const index_t OH = out.extent(1), OW = out.extent(2), npix = B * OH * OW;
-  constexpr index_t chunk = 64;
-  const index_t ntasks = (npix + chunk - 1) / chunk;
-  const int nt = resolve_threads(threads, ntasks);
-  struct scratch {
-    std::vector<T> a, c;
-  };
-  std::vector<scratch> ws(static_cast<std::size_t>(nt));
-  parallel_for(ntasks, nt, [&](index_t task, int t) {
-    scratch& s = ws[static_cast<std::size_t>(t)];
-    const index_t p0 = task * chunk, rows = std::min(chunk, npix - p0);
-    s.a.resize(static_cast<std::size_t>(rows * K));
-    for (index_t r = 0; r < rows; ++r) {
-      const index_t p = p0 + r, b = p / (OH * OW), oy = p / OW % OH, ox = p % OW;
-      T* ar = s.a.data() + r * K;
-      for (index_t ky = 0; ky < kh; ++ky) {
-        const index_t iy = oy * stride + ky - padding;
-        for (index_t kx = 0; kx < kw; ++kx, ar += cin) {
-          const index_t ix = ox * stride + kx - padding;
-          if (iy < 0 || iy >= H || ix < 0 || ix >= Wd) {
-            std::fill(ar, ar + cin, T(0));
-            continue;
-          }
-          const T* src = x.ptr(b, iy, ix, 0);
-          const index_t cs = x.stride(3);
-          for (index_t i = 0; i < cin; ++i) ar[i] = src[i * cs];
-        }
-      }
-    }
-    packed_product<Arch>(
-        rows, s.a.data(), K, index_t(1), pw, act, s.c,
-        [&](index_t r) {
-          const index_t p = p0 + r;
-          return out.ptr(p / (OH * OW), p / OW % OH, p % OW, 0);
-        },
-        out.stride(3));
-  });
+  conv2d_packed<Arch, T>(x, pack_conv<Arch, T>(weight, bias), weight.extent(2), weight.extent(3), stride,
+                         padding, act, out, nullptr, threads);
 }
 
 /// Depthwise 2D convolution (groups = C): out[b, oy, ox, c] = act(bias[c] + sum_{ky, kx}
@@ -265,12 +324,9 @@ void linear(tensor_view<const detail::identity_t<T>, 2> x, tensor_view<const det
   check_activation(act, where);
   check_threads(threads, where);
   if (out.empty()) return;
-  constexpr index_t W = simd::batch<T, Arch>::size;
-  packed_weights<T> pw = pack_bias(bias, no, (no + W - 1) / W * W);
-  pw.k = in;
-  pw.w.assign(static_cast<std::size_t>(in * pw.np), T(0));
-  for (index_t o = 0; o < no; ++o)
-    for (index_t i = 0; i < in; ++i) pw.w[static_cast<std::size_t>(i * pw.np + o)] = weight(o, i);
+  const packed_weights<T> pw = pack_weights<Arch, T>(
+      no, in, [&](index_t o, index_t i) { return weight(o, i); },
+      [&](index_t o) { return bias.data() ? bias(o) : T(0); });
   constexpr index_t chunk = 64;
   const index_t ntasks = (n + chunk - 1) / chunk;
   const int nt = resolve_threads(threads, ntasks);
@@ -367,29 +423,7 @@ void squeeze_excitation(tensor_view<const detail::identity_t<T>, 4> x,
   check_threads(threads, where);
   if (out.empty()) return;
   // every gate first (out may be x), then the scaling
-  std::vector<T> gate(static_cast<std::size_t>(B * C));
-  parallel_for(B, resolve_threads(threads, B), [&](index_t b, int) {
-    std::vector<double> s(static_cast<std::size_t>(C), 0.0), r(static_cast<std::size_t>(R));
-    for (index_t h = 0; h < H; ++h)
-      for (index_t w = 0; w < Wd; ++w) {
-        const T* p = x.ptr(b, h, w, 0);
-        for (index_t c = 0; c < C; ++c)
-          s[static_cast<std::size_t>(c)] += static_cast<double>(p[c * x.stride(3)]);
-      }
-    for (double& v : s) v /= static_cast<double>(H * Wd);
-    for (index_t j = 0; j < R; ++j) {
-      double a = static_cast<double>(b_reduce(j));
-      for (index_t c = 0; c < C; ++c)
-        a += static_cast<double>(w_reduce(j, c, 0, 0)) * s[static_cast<std::size_t>(c)];
-      r[static_cast<std::size_t>(j)] = activate_scalar(act, a);
-    }
-    for (index_t c = 0; c < C; ++c) {
-      double a = static_cast<double>(b_expand(c));
-      for (index_t j = 0; j < R; ++j)
-        a += static_cast<double>(w_expand(c, j, 0, 0)) * r[static_cast<std::size_t>(j)];
-      gate[static_cast<std::size_t>(b * C + c)] = static_cast<T>(1.0 / (1.0 + std::exp(-a)));
-    }
-  });
+  const std::vector<T> gate = se_gates(x, w_reduce, b_reduce, w_expand, b_expand, act, threads);
   parallel_for(B * H, resolve_threads(threads, B * H), [&](index_t task, int) {
     const index_t b = task / H, h = task % H;
     const T* g = gate.data() + b * C;

@@ -22,8 +22,8 @@ namespace coatnet {
 
 /// Pointwise activations of the ops (PyTorch definitions): relu max(x, 0); silu x sigmoid(x);
 /// gelu x Phi(x) with the exact erf (nn.GELU()); gelu_tanh nn.GELU(approximate="tanh");
-/// sigmoid 1 / (1 + e^-x).
-enum class activation { none, relu, silu, gelu, gelu_tanh, sigmoid };
+/// sigmoid 1 / (1 + e^-x); tanh (the pre-logits of timm's NormMlpClassifierHead).
+enum class activation { none, relu, silu, gelu, gelu_tanh, sigmoid, tanh };
 
 }  // namespace coatnet
 
@@ -41,6 +41,10 @@ void activate_row(coatnet::activation act, T* x, index_t n) {
   if (act == activation::none) return;
   if (act == activation::relu) {
     for (index_t i = 0; i < n; ++i) x[i] = x[i] > T(0) ? x[i] : T(0);
+    return;
+  }
+  if (act == activation::tanh) {  // only on head vectors: the library's std::tanh
+    for (index_t i = 0; i < n; ++i) x[i] = std::tanh(x[i]);
     return;
   }
   if (act == activation::gelu && std::is_same_v<T, double>) {
@@ -107,12 +111,14 @@ inline double activate_scalar(coatnet::activation act, double x) {
       return 0.5 * x * (1 + std::tanh(0.79788456080286535588 * (x + 0.044715 * x * x * x)));
     case activation::sigmoid:
       return 1 / (1 + std::exp(-x));
+    case activation::tanh:
+      return std::tanh(x);
   }
   return x;
 }
 
 inline void check_activation(coatnet::activation act, const char* where) {
-  require(act >= coatnet::activation::none && act <= coatnet::activation::sigmoid, where,
+  require(act >= coatnet::activation::none && act <= coatnet::activation::tanh, where,
           "act is not an activation value");
 }
 
@@ -144,11 +150,37 @@ struct packed_weights {
   index_t k = 0, n = 0, np = 0;
 };
 
-/// C [rows, np] = A [rows, K] * Wp (A(r, p) = a[r * a_rs + p * a_cs]) in blocks of K, then bias and
-/// act, then out row r = C row r[0..n) through row_ptr(r) with column stride os.
-template <class Arch, class T, class RowPtr>
+/// Packs weight(o, p) (o < n output channels, p < k inputs in the product's order) and bias(o)
+/// (absent: 0) as packed_weights with n padded to whole registers of Arch.
+template <class Arch, class T, class Weight, class Bias>
+packed_weights<T> pack_weights(index_t n, index_t k, Weight weight, Bias bias) {
+  constexpr index_t W = simd::batch<T, Arch>::size;
+  packed_weights<T> p;
+  p.n = n;
+  p.k = k;
+  p.np = (n + W - 1) / W * W;
+  p.w.assign(static_cast<std::size_t>(k * p.np), T(0));
+  p.bias.assign(static_cast<std::size_t>(p.np), T(0));
+  for (index_t o = 0; o < n; ++o) {
+    p.bias[static_cast<std::size_t>(o)] = bias(o);
+    for (index_t i = 0; i < k; ++i) p.w[static_cast<std::size_t>(i * p.np + o)] = weight(o, i);
+  }
+  return p;
+}
+
+/// No residual term in packed_product.
+template <class T>
+struct no_residual {
+  const T* operator()(index_t) const { return nullptr; }
+};
+
+/// C [rows, np] = A [rows, K] * Wp (A(r, p) = a[r * a_rs + p * a_cs]) in blocks of K, then bias,
+/// act and (when residual(r) is not null) + residual row r (contiguous), then out row r = C row
+/// r[0..n) through row_ptr(r) with column stride os (out may be the residual row itself).
+template <class Arch, class T, class RowPtr, class Residual = no_residual<T>>
 void packed_product(index_t rows, const T* a, index_t a_rs, index_t a_cs, const packed_weights<T>& pw,
-                    coatnet::activation act, std::vector<T>& c, RowPtr row_ptr, index_t os) {
+                    coatnet::activation act, std::vector<T>& c, RowPtr row_ptr, index_t os,
+                    Residual residual = {}) {
   constexpr index_t kb = 256;  // depth block: the panel of A and Bp stays in L2
   c.resize(static_cast<std::size_t>(rows * pw.np));
   for (index_t k0 = 0; k0 < pw.k; k0 += kb) {
@@ -166,6 +198,8 @@ void packed_product(index_t rows, const T* a, index_t a_rs, index_t a_cs, const 
     for (index_t j = 0; j < pw.np; j += B::size)
       (B::load(cr + j) + B::load(pw.bias.data() + j)).store(cr + j);
     activate_row<Arch>(act, cr, pw.n);
+    if (const T* res = residual(r))
+      for (index_t j = 0; j < pw.n; ++j) cr[j] += res[j];
     T* o = row_ptr(r);
     if (os == 1)
       std::copy(cr, cr + pw.n, o);
