@@ -45,6 +45,14 @@
 // the same shapes (batch 32); whole calls or slices of heads.
 //
 //   bench_attention --benchmark_filter='^(peak|(relative_pre|relative_post|full_attention)/d:32/)'
+//
+// The CoAtNet network: coatnet/<preset>/image:224/batch:<b>/threads:<t>, a whole forward pass
+// (coatnet::network<float>::forward, random parameters of a trained model's scale: ab::coatnet_case)
+// of the presets coatnet_0 (the paper's CoAtNet-0) and coatnet_0_rw_224 (timm's), batch 1 and 8,
+// threads 1 and all. GFLOP/s counts every convolution, linear layer and attention product
+// (network::flops: 2 per multiply-add), pct_peak against the measured FMA peak.
+//
+//   bench_attention --benchmark_filter='^(peak|coatnet/)'
 
 #include <cmath>
 #include <map>
@@ -391,6 +399,34 @@ int main(int argc, char** argv) {
                                spec, t, grid),
             spec, t, ab::relative_attention_fn(side, side, heads, mode), smp);
     }
+
+  // The CoAtNet network, whole forward passes (one case per preset and batch, built once).
+  for (const bool rw : {false, true})
+    for (index_t batch : {1, 8})
+      for (int t : ab::config().threads) {
+        const std::string name = std::string("coatnet/") + (rw ? "coatnet_0_rw_224" : "coatnet_0") +
+                                 "/image:224/batch:" + std::to_string(batch) +
+                                 "/threads:" + std::to_string(t);
+        auto* b = benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) {
+          static std::map<std::pair<bool, index_t>, std::unique_ptr<ab::coatnet_case>> cases;
+          try {
+            auto& c = cases[{rw, batch}];
+            if (!c)
+              c = std::make_unique<ab::coatnet_case>(rw ? attnkit::coatnet::network_config::coatnet_0_rw_224()
+                                                        : attnkit::coatnet::network_config::coatnet_0(),
+                                                     batch);
+            for (auto _ : st) {
+              const double t0 = ab::now_seconds();
+              c->run(t);
+              st.SetIterationTime(ab::now_seconds() - t0);
+            }
+            ab::set_flop_counters(st, c->flops(), t);
+          } catch (const std::exception& ex) {
+            st.SkipWithError(ex.what());
+          }
+        });
+        ab::with_defaults(b->UseManualTime());
+      }
 
   return ab::run_benchmarks<fit_reporter>();
 }

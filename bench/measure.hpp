@@ -1059,6 +1059,53 @@ inline attention_fn relative_attention_fn(index_t rows, index_t cols, index_t he
   };
 }
 
+// ----------------------------------------------------------------------------------------------
+// The CoAtNet network
+
+/// A CoAtNet forward pass on `batch` random images with random parameters of a trained network's
+/// scale (convolution and linear weights uniform with the variance of He initialization, biases
+/// and norm shifts small, norm scales ~1, batch-norm variances 1, relative tables in [-1, 1)), so
+/// activations stay O(1) through the network like a checkpoint's: the cost of a real model.
+struct coatnet_case {
+  attnkit::coatnet::network<float> net;
+  index_t batch;
+  attnkit::tensor<float, 4> images;
+  attnkit::tensor<float, 2> logits;
+
+  coatnet_case(const attnkit::coatnet::network_config& cfg, index_t batch_)
+      : net(cfg),
+        batch(batch_),
+        images({batch_, cfg.image_rows, cfg.image_cols, cfg.in_channels}),
+        logits({batch_, cfg.num_classes}) {
+    fill_uniform(images.data(), images.size(), 5, -2.0f, 2.0f);
+    std::uint64_t seed = 100;
+    for (const auto& [name, shape] : net.parameters()) {
+      index_t n = 1;
+      for (index_t e : shape) n *= e;
+      std::vector<float> v(static_cast<std::size_t>(n));
+      auto ends = [&](const char* tail) {
+        const std::string t(tail);
+        return name.size() >= t.size() && name.compare(name.size() - t.size(), t.size(), t) == 0;
+      };
+      if (ends("running_var")) {
+        std::fill(v.begin(), v.end(), 1.0f);
+      } else if (shape.size() >= 2 && !ends("relative_position_bias_table")) {
+        const float a = std::sqrt(6.0f / static_cast<float>(n / shape[0]));  // He: var 2 / fan_in
+        fill_uniform(v.data(), n, ++seed, -a, a);
+      } else if (ends("norm.weight") || ends("norm1.weight") || ends("norm2.weight") ||
+                 ends("pre_norm.weight")) {
+        fill_uniform(v.data(), n, ++seed, 0.8f, 1.2f);
+      } else {
+        fill_uniform(v.data(), n, ++seed, -0.1f, 0.1f);
+      }
+      net.set_parameter(name, v.data(), n);
+    }
+    run(1);  // packs the weights and sizes the buffers
+  }
+  void run(int threads) { net.forward(images.cview(), logits.view(), threads); }
+  double flops() const { return net.flops(batch); }
+};
+
 /// ||a - b||_F / ||b||_F over two equally shaped views: the relative error of an approximation `a`
 /// of `b` (NaN when any difference is NaN).
 inline double relative_error(const attnkit::tensor_view<const float, 4>& a,

@@ -10,7 +10,7 @@
 // ||out - exact||_F / ||exact||_F against exact attention for operators that approximate softmax
 // (FAVOR+, Combiner), the max abs error against the naive reference for exact ones.
 //
-// Adding an operator (CoAtNet blocks ...) = appending a row in
+// Adding an operator = appending a row in
 // make_rows(): attention_row() for anything with the attention signature, or a custom tour_row.
 #include <cstdio>
 #include <cstdlib>
@@ -44,6 +44,7 @@ struct tour_row {
   std::string shape;      ///< shape column
   bool causal = false;    ///< speed-up and errors are against exact attention with the same mask
   bool baseline = false;  ///< exact attention itself: the reference point of the speed-up column
+  bool speedup = true;    ///< false: no speed-up column (not an attention operator over the tokens)
   versus check = versus::none;
   double flops = 0.0;    ///< FLOPs of one whole call (0: not counted)
   std::string timed_on;  ///< how time() samples, e.g. "whole call"
@@ -143,6 +144,22 @@ std::vector<tour_row> make_rows(ab::attention_problem& p, const tour_options& o,
     r.shape = "B" + std::to_string(o.batch) + " " + std::to_string(grid_rows) + "x" +
               std::to_string(grid_cols) + " h" + std::to_string(o.heads) + " k16 v" + std::to_string(o.d) +
               " fp32";
+    r.flops = c->flops();
+    r.timed_on = "whole call";
+    r.time = [c, threads](int samples) { return ab::min_time_of([&] { c->run(threads); }, samples); };
+    rows.push_back(std::move(r));
+  }
+  // The CoAtNet networks (coatnet::network, whole forward passes on B 224 x 224 images, random
+  // parameters of a trained model's scale: ab::coatnet_case): the paper's CoAtNet-0 and timm's
+  // coatnet_0_rw_224. GFLOP/s counts every convolution, linear layer and attention product.
+  for (const bool rw : {false, true}) {
+    auto c = std::make_shared<ab::coatnet_case>(rw ? attnkit::coatnet::network_config::coatnet_0_rw_224()
+                                                   : attnkit::coatnet::network_config::coatnet_0(),
+                                                o.batch);
+    tour_row r;
+    r.op = rw ? "coatnet_0_rw_224 forward" : "coatnet_0 forward";
+    r.shape = "B" + std::to_string(o.batch) + " 224x224x3 fp32";
+    r.speedup = false;
     r.flops = c->flops();
     r.timed_on = "whole call";
     r.time = [c, threads](int samples) { return ab::min_time_of([&] { c->run(threads); }, samples); };
@@ -266,7 +283,8 @@ int main(int argc, char** argv) {
     const std::string pct =
         r.flops > 0 && peak1.gflops > 0 ? fmt("%.1f", gf / (peak1.gflops * threads) * 100) : "-";
     const auto base = exact_time.find(r.causal);
-    const std::string speed = base != exact_time.end() ? fmt("%.2fx", base->second / seconds[i]) : "-";
+    const std::string speed =
+        r.speedup && base != exact_time.end() ? fmt("%.2fx", base->second / seconds[i]) : "-";
     std::string err = "-", vs = "-";
     if (r.check != versus::none && r.run) {
       if (const auto* want = expected_output(r.causal, r.check)) {
@@ -304,7 +322,8 @@ int main(int argc, char** argv) {
       "with the same mask / this row; GFLOP/s counts 4*d per visible (query, key) pair (FAVOR+: its\n"
       "feature and state products, causal chunks whole; Combiner: 4*d per (query, direct key or\n"
       "summary) pair plus its summaries and routing, see bench/measure.hpp combiner_flops; lambda:\n"
-      "2*k*u*v per (query, window position) pair plus its content lambda and Y = Q lambda). error:\n"
+      "2*k*u*v per (query, window position) pair plus its content lambda and Y = Q lambda; coatnet:\n"
+      "2 per multiply-add of every convolution, linear layer and attention product). error:\n"
       "max |out - reference| (vs reference), or ||out - exact||_F / ||exact||_F (vs exact rel: exact\n"
       "attention with the same mask; Combiner's distribution differs from softmax by design).\n",
       o.samples);

@@ -1,6 +1,7 @@
 // attnkit: umbrella header (public headers only).
 #pragma once
 
+#include "coatnet/network.hpp"
 #include "coatnet/ops.hpp"
 #include "coatnet/options.hpp"
 #include "coatnet/relative_attention.hpp"
