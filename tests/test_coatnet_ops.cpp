@@ -20,15 +20,13 @@
 
 #include <attnkit/coatnet/ops.hpp>
 
-#include "reference/common.hpp"
+#include "reference/coatnet_ref.hpp"
 
 namespace {
 
 using namespace attnkit_test;
 namespace co = attnkit::coatnet;
 using co::activation;
-using dtensor = attnkit::tensor<double, 4>;
-using dvec = attnkit::tensor<double, 1>;
 
 template <class T>
 constexpr double tol() {
@@ -53,52 +51,8 @@ view<const T, 1> v1(const std::vector<T>& v) {
   return view<const T, 1>(v.data(), {static_cast<index_t>(v.size())}, {1});
 }
 
-double act_ref(activation a, double x) {
-  switch (a) {
-    case activation::none:
-      return x;
-    case activation::relu:
-      return std::max(x, 0.0);
-    case activation::silu:
-      return x / (1 + std::exp(-x));
-    case activation::gelu:
-      return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
-    case activation::gelu_tanh:
-      return 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
-    case activation::sigmoid:
-      return 1 / (1 + std::exp(-x));
-    case activation::tanh:
-      return std::tanh(x);
-  }
-  return x;
-}
-
 const activation kActs[] = {activation::none,      activation::relu,    activation::silu, activation::gelu,
                             activation::gelu_tanh, activation::sigmoid, activation::tanh};
-
-/// nn.Conv2d(groups) on NHWC x, weight [Cout, Cin / groups, kh, kw], zero padding, then act.
-dtensor conv_ref(const dtensor& x, const dtensor& w, const dvec* bias, int stride, int pad, int groups,
-                 activation act = activation::none) {
-  const index_t B = x.extent(0), H = x.extent(1), W = x.extent(2), Cin = x.extent(3);
-  const index_t Co = w.extent(0), cg = w.extent(1), kh = w.extent(2), kw = w.extent(3);
-  const index_t OH = (H + 2 * pad - kh) / stride + 1, OW = (W + 2 * pad - kw) / stride + 1;
-  const index_t opg = Co / groups;
-  (void)Cin;
-  dtensor o({B, OH, OW, Co});
-  for_each_index(o.extents(), [&](const std::array<index_t, 4>& ix) {
-    const index_t b = ix[0], oy = ix[1], ox = ix[2], co_ = ix[3], g = co_ / opg;
-    double s = bias ? (*bias)(co_) : 0.0;
-    for (index_t i = 0; i < cg; ++i)
-      for (index_t ky = 0; ky < kh; ++ky)
-        for (index_t kx = 0; kx < kw; ++kx) {
-          const index_t iy = oy * stride + ky - pad, ixx = ox * stride + kx - pad;
-          if (iy < 0 || iy >= H || ixx < 0 || ixx >= W) continue;
-          s += w(co_, i, ky, kx) * x(b, iy, ixx, g * cg + i);
-        }
-    o(b, oy, ox, co_) = act_ref(act, s);
-  });
-  return o;
-}
 
 const layout kLayouts[] = {layout::contiguous, layout::padded, layout::gapped, layout::bshd};
 
@@ -146,7 +100,7 @@ TEST_CASE("conv2d: dense convolutions (stem 3x3, 1x1, strides, padding) vs fp64 
     const dtensor x = rnd<4>({c.B, c.H, c.W, c.Cin}, g);
     const dtensor w = rnd<4>({c.Cout, c.Cin, c.k, c.k}, g, -0.5, 0.5);
     const dvec bias = rnd<1>({c.Cout}, g);
-    const activation act = kActs[n % 6];
+    const activation act = kActs[n % 7];
     const layout lx = kLayouts[n % 4], lw = kLayouts[(n + 1) % 4], lo = kLayouts[(n + 2) % 4];
     const std::string what = "conv " + std::to_string(n) + " act=" + std::to_string(static_cast<int>(act));
     check_conv_case<float>(x, w, n % 2 ? &bias : nullptr, c.stride, c.pad, false, act, lx, lw, lo, what);
@@ -168,7 +122,7 @@ TEST_CASE("depthwise_conv2d: 3x3 stride 1 and 2 on odd and even sizes vs fp64 lo
     const dtensor x = rnd<4>({c.B, c.H, c.W, c.C}, g);
     const dtensor w = rnd<4>({c.C, 1, c.k, c.k}, g);
     const dvec bias = rnd<1>({c.C}, g);
-    const activation act = kActs[(n + 2) % 6];
+    const activation act = kActs[(n + 2) % 7];
     const layout lx = kLayouts[n % 4], lw = kLayouts[(n + 3) % 4], lo = kLayouts[(n + 1) % 4];
     const std::string what = "dw " + std::to_string(n);
     check_conv_case<float>(x, w, n % 2 ? nullptr : &bias, c.stride, c.pad, true, act, lx, lw, lo, what);
@@ -219,7 +173,7 @@ TEST_CASE("linear: [N, in] x [out, in]^T + bias vs fp64 loops, strided", "[coatn
   for (const cs& c : cases) {
     auto x = rnd<2>({c.n, c.in}, g), w = rnd<2>({c.out, c.in}, g, -0.3, 0.3);
     auto bias = rnd<1>({c.out}, g);
-    const activation act = kActs[(k + 3) % 6];
+    const activation act = kActs[(k + 3) % 7];
     attnkit::tensor<double, 2> ref({c.n, c.out});
     for (index_t i = 0; i < c.n; ++i)
       for (index_t o = 0; o < c.out; ++o) {
@@ -298,42 +252,9 @@ TEST_CASE("squeeze_excitation, layer_norm, pooling vs fp64 loops", "[coatnet_ops
     const dtensor x = rnd<4>(ext, g, -2, 2);
     const dtensor w1 = rnd<4>({R, C, 1, 1}, g), w2 = rnd<4>({C, R, 1, 1}, g);
     const dvec b1 = rnd<1>({R}, g), b2 = rnd<1>({C}, g), gamma = rnd<1>({C}, g), beta = rnd<1>({C}, g);
-    // references
-    attnkit::tensor<double, 2> gp({B, C});
-    for_each_index(x.extents(), [&](const std::array<index_t, 4>& ix) {
-      gp(ix[0], ix[3]) += at(x.cview(), ix) / static_cast<double>(H * W);
-    });
-    dtensor se(ext), ln(ext), pool({B, H / 2, W / 2, C});
-    for (index_t b = 0; b < B; ++b) {
-      std::vector<double> r(static_cast<std::size_t>(R)), gate(static_cast<std::size_t>(C));
-      for (index_t j = 0; j < R; ++j) {
-        double s = b1(j);
-        for (index_t c = 0; c < C; ++c) s += w1(j, c, 0, 0) * gp(b, c);
-        r[static_cast<std::size_t>(j)] = act_ref(activation::silu, s);
-      }
-      for (index_t c = 0; c < C; ++c) {
-        double s = b2(c);
-        for (index_t j = 0; j < R; ++j) s += w2(c, j, 0, 0) * r[static_cast<std::size_t>(j)];
-        gate[static_cast<std::size_t>(c)] = 1 / (1 + std::exp(-s));
-      }
-      for (index_t y = 0; y < H; ++y)
-        for (index_t xx = 0; xx < W; ++xx) {
-          double m = 0, v = 0;
-          for (index_t c = 0; c < C; ++c) m += x(b, y, xx, c) / static_cast<double>(C);
-          for (index_t c = 0; c < C; ++c)
-            v += (x(b, y, xx, c) - m) * (x(b, y, xx, c) - m) / static_cast<double>(C);
-          for (index_t c = 0; c < C; ++c) {
-            se(b, y, xx, c) = x(b, y, xx, c) * gate[static_cast<std::size_t>(c)];
-            ln(b, y, xx, c) = (x(b, y, xx, c) - m) / std::sqrt(v + 1e-6) * gamma(c) + beta(c);
-          }
-        }
-      for (index_t y = 0; y < H / 2; ++y)
-        for (index_t xx = 0; xx < W / 2; ++xx)
-          for (index_t c = 0; c < C; ++c)
-            pool(b, y, xx, c) = (x(b, 2 * y, 2 * xx, c) + x(b, 2 * y, 2 * xx + 1, c) +
-                                 x(b, 2 * y + 1, 2 * xx, c) + x(b, 2 * y + 1, 2 * xx + 1, c)) /
-                                4;
-    }
+    const attnkit::tensor<double, 2> gp = global_pool_ref(x);
+    const dtensor se = se_ref(x, w1, b1, w2, b2, activation::silu), ln = ln_ref(x, gamma, beta, 1e-6),
+                  pool = pool_ref(x);
     for_each_arch([&](auto arch) {
       using A = decltype(arch);
       auto run = [&](auto tag) {
