@@ -1,0 +1,589 @@
+// attnkit: a reader (and a small f32/f64 writer) of safetensors files. Needs nlohmann::json 3.10+.
+//
+// The format (https://github.com/huggingface/safetensors, "Format"):
+//   8 bytes     N, a little-endian u64: the size of the header
+//   N bytes     a UTF-8 JSON object (it starts with '{' and may be padded with trailing spaces):
+//               {"__metadata__": {"key": "value", ...},                  (optional, str -> str)
+//                "name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}, ...}
+//   the rest    the byte buffer; [begin, end) are byte offsets inside it, the tensors are
+//               little-endian and row-major
+// The reader follows the reference implementation's checks: the header is at most 100 MB, keys are
+// unique, end - begin is exactly numel * itemsize, and the tensors cover the byte buffer entirely,
+// without holes or overlaps (empty tensors take no bytes). A file failing any check throws
+// std::runtime_error("attnkit::io::safetensors_file: <path>: <what>") from the constructor, before
+// any tensor is read; so do read() and read_tensor() for an absent name, a wrong count or rank, or
+// a value the destination type cannot hold.
+//
+//   attnkit::io::safetensors_file f("model.safetensors");
+//   auto w = f.read_tensor<float, 2>("encoder.proj.weight");   // F32, F16, BF16, ... -> float
+//   std::vector<float> b(f.find("encoder.proj.bias")->numel());
+//   f.read("encoder.proj.bias", b.data(), static_cast<attnkit::index_t>(b.size()));
+//
+//   attnkit::io::write_safetensors<float>("out.safetensors", {{"w", {{2, 3}, w_ptr}}}, {{"format", "pt"}});
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../core/check.hpp"
+#include "../core/config.hpp"
+#include "../core/tensor.hpp"
+
+ATTNKIT_BEGIN_NAMESPACE
+namespace io {
+
+/// The element types of safetensors attnkit reads ("F64", "F32", "F16", "BF16", "I64", "I32",
+/// "I16", "I8", "U8", "BOOL"). Other dtypes (U16, U32, U64, F8_*, ...) are rejected when the file
+/// is opened.
+enum class dtype { f64, f32, f16, bf16, i64, i32, i16, i8, u8, boolean };
+
+/// The dtype string of the header ("F32", "BF16", "BOOL", ...).
+inline const char* dtype_name(dtype t) {
+  switch (t) {
+    case dtype::f64:
+      return "F64";
+    case dtype::f32:
+      return "F32";
+    case dtype::f16:
+      return "F16";
+    case dtype::bf16:
+      return "BF16";
+    case dtype::i64:
+      return "I64";
+    case dtype::i32:
+      return "I32";
+    case dtype::i16:
+      return "I16";
+    case dtype::i8:
+      return "I8";
+    case dtype::u8:
+      return "U8";
+    case dtype::boolean:
+      return "BOOL";
+  }
+  return "?";
+}
+
+/// Bytes per element.
+inline std::size_t dtype_size(dtype t) {
+  switch (t) {
+    case dtype::f64:
+    case dtype::i64:
+      return 8;
+    case dtype::f32:
+    case dtype::i32:
+      return 4;
+    case dtype::f16:
+    case dtype::bf16:
+    case dtype::i16:
+      return 2;
+    case dtype::i8:
+    case dtype::u8:
+    case dtype::boolean:
+      return 1;
+  }
+  return 0;
+}
+
+/// Exact IEEE binary16 -> binary32: normals, subnormals (down to 2^-24), +-0, +-inf; a NaN keeps
+/// its sign and payload (shifted into the top of the float's mantissa, so quiet stays quiet).
+inline float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t exp = (h >> 10) & 0x1fu;
+  const std::uint32_t mant = h & 0x3ffu;
+  std::uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + (127 - 15)) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {
+    // Subnormal: mant * 2^-24. Shift the leading 1 up to the implicit bit (bit 10).
+    std::uint32_t m = mant;
+    std::uint32_t e = 127 - 15 + 1;  // the exponent of 2^-14, decremented once per shift
+    while ((m & 0x400u) == 0) {
+      m <<= 1;
+      --e;
+    }
+    bits = sign | (e << 23) | ((m & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+/// bfloat16 -> float: the 16 bits are the upper half of the float (exact for every value).
+inline float bfloat16_to_float(std::uint16_t b) {
+  const std::uint32_t bits = static_cast<std::uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+/// One tensor of the header.
+struct safetensors_entry {
+  std::string name;
+  dtype type = dtype::f32;
+  std::vector<index_t> shape;        ///< empty: a scalar (one element)
+  std::uint64_t begin = 0, end = 0;  ///< byte offsets inside the data section, [begin, end)
+  /// Number of elements: the product of the shape (1 for a scalar).
+  index_t numel() const {
+    index_t n = 1;
+    for (index_t e : shape) n *= e;
+    return n;
+  }
+};
+
+namespace detail {
+
+inline std::string shape_string(const std::vector<index_t>& s) {
+  std::string r = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+template <class U>
+U load_le(const unsigned char* p) {
+  static_assert(std::is_unsigned_v<U>, "load_le: unsigned types only");
+  U v = 0;
+  for (std::size_t i = 0; i < sizeof(U); ++i) v = static_cast<U>(v | (static_cast<U>(p[i]) << (8 * i)));
+  return v;
+}
+
+template <class U>
+void store_le(unsigned char* p, U v) {
+  static_assert(std::is_unsigned_v<U>, "store_le: unsigned types only");
+  for (std::size_t i = 0; i < sizeof(U); ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
+}
+
+template <class F, class U>
+F bit_cast_to(U u) {
+  static_assert(sizeof(F) == sizeof(U), "bit_cast_to: sizes differ");
+  F f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/// True when the integer v is a value of T (for bool: 0 or 1).
+template <class T, class I>
+bool integer_fits(I v) {
+  if constexpr (std::is_same_v<T, bool>) {
+    return v == 0 || v == 1;
+  } else if constexpr (std::is_floating_point_v<T>) {
+    return true;
+  } else if constexpr (std::is_signed_v<I>) {
+    if constexpr (std::is_signed_v<T>) {
+      return v >= static_cast<std::int64_t>(std::numeric_limits<T>::min()) &&
+             v <= static_cast<std::int64_t>(std::numeric_limits<T>::max());
+    } else {
+      return v >= 0 &&
+             static_cast<std::uint64_t>(v) <= static_cast<std::uint64_t>(std::numeric_limits<T>::max());
+    }
+  } else {
+    return static_cast<std::uint64_t>(v) <= static_cast<std::uint64_t>(std::numeric_limits<T>::max());
+  }
+}
+
+}  // namespace detail
+
+/// A safetensors file read into memory (header validated, data copied once). Copyable; reading
+/// tensors is const and thread-safe.
+class safetensors_file {
+ public:
+  /// Reads the whole file and validates the header; throws std::runtime_error naming the path and
+  /// the problem.
+  explicit safetensors_file(const std::string& path) : path_(path) { load(); }
+
+  const std::string& path() const { return path_; }
+  /// The tensors, sorted by name.
+  const std::vector<safetensors_entry>& entries() const { return entries_; }
+  /// The entry named `name`, or nullptr.
+  const safetensors_entry* find(const std::string& name) const {
+    auto it = std::lower_bound(entries_.begin(), entries_.end(), name,
+                               [](const safetensors_entry& e, const std::string& n) { return e.name < n; });
+    return it != entries_.end() && it->name == name ? &*it : nullptr;
+  }
+  /// The "__metadata__" strings (empty when the header has none).
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+  /// Writes the entry.numel() values of tensor `name`, row-major, converted to T, into dst[0, count).
+  /// Floating T takes every dtype (F16 and BF16 exactly; F64 -> float rounds to nearest); integer T
+  /// (and bool) takes the integer dtypes and BOOL, and throws on a value T cannot hold. Throws
+  /// std::runtime_error when `name` is absent or count != numel; dst is then untouched.
+  template <class T>
+  void read(const std::string& name, T* dst, index_t count) const {
+    static_assert(std::is_arithmetic_v<T>, "safetensors_file::read: T must be an arithmetic type");
+    const safetensors_entry& e = entry(name);
+    if (count != e.numel())
+      fail("read(\"" + name + "\"): count = " + std::to_string(count) + " but the tensor has shape " +
+           detail::shape_string(e.shape) + " (" + std::to_string(e.numel()) + " elements)");
+    if (count > 0 && dst == nullptr) fail("read(\"" + name + "\"): dst is a null pointer");
+    const bool float_type =
+        e.type == dtype::f64 || e.type == dtype::f32 || e.type == dtype::f16 || e.type == dtype::bf16;
+    if (!std::is_floating_point_v<T> && float_type)
+      fail("read(\"" + name + "\"): cannot convert the " + dtype_name(e.type) +
+           " tensor to an integer type; read it as float or double");
+    const unsigned char* p = data_.data() + e.begin;
+    const std::size_t n = static_cast<std::size_t>(count);
+    switch (e.type) {
+      case dtype::f64:
+        convert_float<T>(dst, n, [&](std::size_t i) {
+          return detail::bit_cast_to<double>(detail::load_le<std::uint64_t>(p + 8 * i));
+        });
+        break;
+      case dtype::f32:
+        convert_float<T>(dst, n, [&](std::size_t i) {
+          return detail::bit_cast_to<float>(detail::load_le<std::uint32_t>(p + 4 * i));
+        });
+        break;
+      case dtype::f16:
+        convert_float<T>(
+            dst, n, [&](std::size_t i) { return half_to_float(detail::load_le<std::uint16_t>(p + 2 * i)); });
+        break;
+      case dtype::bf16:
+        convert_float<T>(dst, n, [&](std::size_t i) {
+          return bfloat16_to_float(detail::load_le<std::uint16_t>(p + 2 * i));
+        });
+        break;
+      case dtype::i64:
+        convert_int<T>(name, e.type, dst, n, [&](std::size_t i) {
+          return static_cast<std::int64_t>(detail::load_le<std::uint64_t>(p + 8 * i));
+        });
+        break;
+      case dtype::i32:
+        convert_int<T>(name, e.type, dst, n, [&](std::size_t i) {
+          return static_cast<std::int64_t>(
+              static_cast<std::int32_t>(detail::load_le<std::uint32_t>(p + 4 * i)));
+        });
+        break;
+      case dtype::i16:
+        convert_int<T>(name, e.type, dst, n, [&](std::size_t i) {
+          return static_cast<std::int64_t>(
+              static_cast<std::int16_t>(detail::load_le<std::uint16_t>(p + 2 * i)));
+        });
+        break;
+      case dtype::i8:
+        convert_int<T>(name, e.type, dst, n, [&](std::size_t i) {
+          return static_cast<std::int64_t>(static_cast<std::int8_t>(p[i]));
+        });
+        break;
+      case dtype::u8:
+        convert_int<T>(name, e.type, dst, n, [&](std::size_t i) { return static_cast<std::int64_t>(p[i]); });
+        break;
+      case dtype::boolean:
+        convert_int<T>(name, e.type, dst, n,
+                       [&](std::size_t i) { return static_cast<std::int64_t>(p[i] != 0); });
+        break;
+    }
+  }
+
+  /// Reads tensor `name` into a new row-major tensor<T, N>; throws std::runtime_error when it is
+  /// absent or its rank is not N.
+  template <class T, std::size_t N>
+  tensor<T, N> read_tensor(const std::string& name) const {
+    const safetensors_entry& e = entry(name);
+    if (e.shape.size() != N)
+      fail("read_tensor(\"" + name + "\"): the tensor has shape " + detail::shape_string(e.shape) +
+           " (rank " + std::to_string(e.shape.size()) + "), expected rank " + std::to_string(N));
+    std::array<index_t, N> extents{};
+    for (std::size_t d = 0; d < N; ++d) extents[d] = e.shape[d];
+    tensor<T, N> t(extents);
+    read(name, t.data(), t.size());
+    return t;
+  }
+
+ private:
+  static constexpr std::uint64_t max_header_bytes = 100'000'000;  // the reference implementation's limit
+
+  [[noreturn]] void fail(const std::string& what) const {
+    throw std::runtime_error("attnkit::io::safetensors_file: " + path_ + ": " + what);
+  }
+
+  const safetensors_entry& entry(const std::string& name) const {
+    const safetensors_entry* e = find(name);
+    if (e == nullptr) fail("no tensor named \"" + name + "\"");
+    return *e;
+  }
+
+  template <class T, class Get>
+  static void convert_float(T* dst, std::size_t n, Get get) {
+    for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<T>(get(i));
+  }
+
+  template <class T, class Get>
+  void convert_int(const std::string& name, dtype type, T* dst, std::size_t n, Get get) const {
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::int64_t v = get(i);
+      if (!detail::integer_fits<T>(v))
+        fail("read(\"" + name + "\"): element " + std::to_string(i) + " of the " + dtype_name(type) +
+             " tensor is " + std::to_string(v) + ", out of the range of the destination type");
+    }
+    for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<T>(get(i));
+  }
+
+  static bool parse_dtype(const std::string& s, dtype& t) {
+    static const std::pair<const char*, dtype> names[] = {
+        {"F64", dtype::f64}, {"F32", dtype::f32},     {"F16", dtype::f16}, {"BF16", dtype::bf16},
+        {"I64", dtype::i64}, {"I32", dtype::i32},     {"I16", dtype::i16}, {"I8", dtype::i8},
+        {"U8", dtype::u8},   {"BOOL", dtype::boolean}};
+    for (const auto& [n, d] : names)
+      if (s == n) {
+        t = d;
+        return true;
+      }
+    return false;
+  }
+
+  void load() {
+    std::ifstream in(path_, std::ios::binary);
+    if (!in) fail("cannot open the file");
+    in.seekg(0, std::ios::end);
+    const std::streamoff size_off = in.tellg();
+    if (!in || size_off < 0) fail("cannot determine the file size");
+    in.seekg(0, std::ios::beg);
+    const auto file_size = static_cast<std::uint64_t>(size_off);
+    if (file_size < 8)
+      fail("truncated: the file has " + std::to_string(file_size) +
+           " bytes, less than the 8-byte header length");
+    unsigned char len_bytes[8];
+    if (!in.read(reinterpret_cast<char*>(len_bytes), 8)) fail("cannot read the header length");
+    const std::uint64_t header_len = detail::load_le<std::uint64_t>(len_bytes);
+    if (header_len > file_size - 8)
+      fail("header length " + std::to_string(header_len) + " exceeds the " + std::to_string(file_size - 8) +
+           " bytes after the 8-byte header length (file truncated or not safetensors)");
+    if (header_len > max_header_bytes)
+      fail("header length " + std::to_string(header_len) + " exceeds the limit of " +
+           std::to_string(max_header_bytes) + " bytes");
+    std::string header(static_cast<std::size_t>(header_len), '\0');
+    if (header_len > 0 && !in.read(&header[0], static_cast<std::streamsize>(header_len)))
+      fail("cannot read the " + std::to_string(header_len) + "-byte header");
+    const std::uint64_t data_size = file_size - 8 - header_len;
+    if (data_size > static_cast<std::uint64_t>(std::numeric_limits<std::ptrdiff_t>::max()))
+      fail("data section too large for this platform");
+    data_.resize(static_cast<std::size_t>(data_size));
+    if (data_size > 0 &&
+        !in.read(reinterpret_cast<char*>(data_.data()), static_cast<std::streamsize>(data_size)))
+      fail("cannot read the " + std::to_string(data_size) + "-byte data section");
+    parse_header(header, data_size);
+  }
+
+  void parse_header(const std::string& header, std::uint64_t data_size) {
+    if (header.empty() || header[0] != '{') fail("the header is not a JSON object (it must start with '{')");
+    // Duplicate top-level keys are an error (nlohmann would keep the last one silently).
+    std::string duplicate;
+    std::set<std::string> keys;
+    nlohmann::json::parser_callback_t cb = [&](int depth, nlohmann::json::parse_event_t event,
+                                               nlohmann::json& parsed) {
+      if (event == nlohmann::json::parse_event_t::key && depth == 1 && parsed.is_string() &&
+          !keys.insert(parsed.get<std::string>()).second && duplicate.empty())
+        duplicate = parsed.get<std::string>();
+      return true;
+    };
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(header, cb);
+    } catch (const nlohmann::json::exception& ex) {
+      fail(std::string("the header is not valid JSON: ") + ex.what());
+    }
+    if (!j.is_object()) fail("the header is not a JSON object");
+    if (!duplicate.empty()) fail("duplicate key \"" + duplicate + "\" in the header");
+
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      const std::string& key = it.key();
+      const nlohmann::json& v = it.value();
+      if (key == "__metadata__") {
+        if (!v.is_object()) fail("\"__metadata__\" is not a JSON object");
+        for (auto m = v.begin(); m != v.end(); ++m) {
+          if (!m.value().is_string())
+            fail("\"__metadata__\" value of \"" + m.key() + "\" is not a string (" + m.value().dump() + ")");
+          metadata_[m.key()] = m.value().get<std::string>();
+        }
+        continue;
+      }
+      entries_.push_back(parse_entry(key, v, data_size));
+    }
+    std::sort(entries_.begin(), entries_.end(),
+              [](const safetensors_entry& a, const safetensors_entry& b) { return a.name < b.name; });
+
+    // The tensors, in the order of their bytes, tile [0, data_size) exactly.
+    std::vector<const safetensors_entry*> by_offset;
+    for (const auto& e : entries_) by_offset.push_back(&e);
+    std::sort(by_offset.begin(), by_offset.end(), [](const safetensors_entry* a, const safetensors_entry* b) {
+      if (a->begin != b->begin) return a->begin < b->begin;
+      return a->end != b->end ? a->end < b->end : a->name < b->name;
+    });
+    std::uint64_t pos = 0;
+    const safetensors_entry* prev = nullptr;
+    for (const safetensors_entry* e : by_offset) {
+      if (e->begin != pos)
+        fail("tensor \"" + e->name + "\" has data_offsets [" + std::to_string(e->begin) + ", " +
+             std::to_string(e->end) + "] but " +
+             (prev ? "the previous tensor \"" + prev->name + "\" ends at byte " + std::to_string(pos)
+                   : std::string("the data section starts at byte 0")) +
+             " (the tensors must cover the data section without holes or overlaps)");
+      pos = e->end;
+      prev = e;
+    }
+    if (pos != data_size)
+      fail("the tensors cover " + std::to_string(pos) + " bytes but the data section has " +
+           std::to_string(data_size) + " (trailing bytes after the last tensor)");
+  }
+
+  safetensors_entry parse_entry(const std::string& key, const nlohmann::json& v,
+                                std::uint64_t data_size) const {
+    const std::string where = "tensor \"" + key + "\": ";
+    if (!v.is_object()) fail(where + "the entry is not a JSON object (" + v.dump() + ")");
+    safetensors_entry e;
+    e.name = key;
+
+    auto dt = v.find("dtype");
+    if (dt == v.end()) fail(where + "missing \"dtype\"");
+    if (!dt->is_string()) fail(where + "\"dtype\" is not a string (" + dt->dump() + ")");
+    if (!parse_dtype(dt->get<std::string>(), e.type))
+      fail(where + "unsupported dtype \"" + dt->get<std::string>() +
+           "\" (supported: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)");
+
+    auto sh = v.find("shape");
+    if (sh == v.end()) fail(where + "missing \"shape\"");
+    if (!sh->is_array()) fail(where + "\"shape\" is not an array (" + sh->dump() + ")");
+    std::uint64_t numel = 1;
+    bool zero = false;
+    const std::uint64_t max_extent = static_cast<std::uint64_t>(std::numeric_limits<index_t>::max());
+    for (const auto& d : *sh) {
+      if (!d.is_number_unsigned())
+        fail(where + "\"shape\" " + sh->dump() + " has an entry that is not a non-negative integer");
+      const std::uint64_t x = d.get<std::uint64_t>();
+      if (x > max_extent) fail(where + "\"shape\" " + sh->dump() + " has an extent too large");
+      e.shape.push_back(static_cast<index_t>(x));
+      if (x == 0) zero = true;
+      // The element count must fit index_t even when another extent is 0 (numel() multiplies all).
+      if (x != 0 && numel > max_extent / x)
+        fail(where + "\"shape\" " + sh->dump() + " has too many elements");
+      if (x != 0) numel *= x;
+    }
+    if (zero) numel = 0;
+
+    auto off = v.find("data_offsets");
+    if (off == v.end()) fail(where + "missing \"data_offsets\"");
+    if (!off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
+        !(*off)[1].is_number_unsigned())
+      fail(where + "\"data_offsets\" is not an array of two non-negative integers (" + off->dump() + ")");
+    e.begin = (*off)[0].get<std::uint64_t>();
+    e.end = (*off)[1].get<std::uint64_t>();
+    const std::string offsets = "[" + std::to_string(e.begin) + ", " + std::to_string(e.end) + "]";
+    if (e.end < e.begin) fail(where + "\"data_offsets\" " + offsets + " end before they begin");
+    const std::uint64_t item = dtype_size(e.type);
+    if (numel > std::numeric_limits<std::uint64_t>::max() / item || e.end - e.begin != numel * item)
+      fail(where + "\"data_offsets\" " + offsets + " span " + std::to_string(e.end - e.begin) +
+           " bytes but shape " + detail::shape_string(e.shape) + " of " + dtype_name(e.type) + " needs " +
+           std::to_string(numel) + " x " + std::to_string(item) + " bytes");
+    if (e.end > data_size)
+      fail(where + "\"data_offsets\" " + offsets + " extend beyond the end of the " +
+           std::to_string(data_size) + "-byte data section (file truncated?)");
+    return e;
+  }
+
+  std::string path_;
+  std::vector<safetensors_entry> entries_;
+  std::map<std::string, std::string> metadata_;
+  std::vector<unsigned char> data_;
+};
+
+/// Writes `tensors` (name -> (shape, contiguous row-major data)) as F32 (T = float) or F64
+/// (T = double) in the given order, with optional metadata; the header is padded with spaces to
+/// a multiple of 8 bytes, so every tensor starts 8-byte aligned in the file. Throws
+/// attnkit::invalid_argument("attnkit::io::write_safetensors: <path>: ...") for an empty, duplicate
+/// or "__metadata__" name, a negative extent, or null data of a non-empty tensor (before the file is
+/// created), and std::runtime_error with the same prefix when the file cannot be written.
+template <class T>
+void write_safetensors(
+    const std::string& path,
+    const std::vector<std::pair<std::string, std::pair<std::vector<index_t>, const T*>>>& tensors,
+    const std::map<std::string, std::string>& metadata = {}) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "write_safetensors: T must be float (F32) or double (F64)");
+  static_assert(std::numeric_limits<T>::is_iec559, "write_safetensors: T must be IEEE 754");
+  const std::string where = "attnkit::io::write_safetensors: " + path;
+  using bits_t = std::conditional_t<std::is_same_v<T, float>, std::uint32_t, std::uint64_t>;
+
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) {
+    nlohmann::json m = nlohmann::json::object();
+    for (const auto& [k, val] : metadata) m[k] = val;
+    header["__metadata__"] = std::move(m);
+  }
+  std::uint64_t offset = 0;
+  for (const auto& [name, spec] : tensors) {
+    const auto& [shape, data] = spec;
+    attnkit::detail::require(!name.empty() && name != "__metadata__", where.c_str(),
+                             [&] { return std::string("invalid tensor name \"" + name + "\""); });
+    attnkit::detail::require(!header.contains(name), where.c_str(),
+                             [&] { return std::string("duplicate tensor name \"" + name + "\""); });
+    std::uint64_t numel = 1;
+    for (index_t e : shape) {
+      attnkit::detail::require(e >= 0, where.c_str(), [&] {
+        return std::string("tensor \"" + name + "\" has a negative extent in " + detail::shape_string(shape));
+      });
+      numel *= static_cast<std::uint64_t>(e);
+    }
+    attnkit::detail::require(numel == 0 || data != nullptr, where.c_str(), [&] {
+      return std::string("tensor \"" + name + "\" of shape " + detail::shape_string(shape) + " has no data");
+    });
+    const std::uint64_t bytes = numel * sizeof(T);
+    header[name] = {{"dtype", std::is_same_v<T, float> ? "F32" : "F64"},
+                    {"shape", shape},
+                    {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const nlohmann::json::exception& ex) {  // e.g. a name or metadata that is not UTF-8
+    attnkit::detail::require(false, where.c_str(), std::string("cannot encode the header: ") + ex.what());
+  }
+  text.append((8 - text.size() % 8) % 8, ' ');
+
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) throw std::runtime_error(where + ": cannot create the file");
+  unsigned char len[8];
+  detail::store_le<std::uint64_t>(len, static_cast<std::uint64_t>(text.size()));
+  out.write(reinterpret_cast<const char*>(len), 8);
+  out.write(text.data(), static_cast<std::streamsize>(text.size()));
+  std::vector<unsigned char> buf;
+  constexpr std::size_t chunk = 16384;
+  for (const auto& [name, spec] : tensors) {
+    const auto& [shape, data] = spec;
+    std::size_t n = 1;
+    for (index_t e : shape) n *= static_cast<std::size_t>(e);
+    for (std::size_t i0 = 0; i0 < n; i0 += chunk) {
+      const std::size_t m = std::min(chunk, n - i0);
+      buf.resize(m * sizeof(T));
+      for (std::size_t i = 0; i < m; ++i) {
+        bits_t b;
+        std::memcpy(&b, data + i0 + i, sizeof b);
+        detail::store_le<bits_t>(buf.data() + i * sizeof(T), b);
+      }
+      out.write(reinterpret_cast<const char*>(buf.data()), static_cast<std::streamsize>(buf.size()));
+    }
+  }
+  out.flush();
+  if (!out) throw std::runtime_error(where + ": writing the file failed");
+}
+
+}  // namespace io
+ATTNKIT_END_NAMESPACE
