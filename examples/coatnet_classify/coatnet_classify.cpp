@@ -225,6 +225,19 @@ bool throws(F&& f, const std::string& needle) {
   return false;
 }
 
+/// The selftest's 6 x 10 RGB ramp: R = 20 x + 3 y, G = 255 - R, B = 100.
+std::vector<std::uint8_t> ramp_image() {
+  std::vector<std::uint8_t> ramp(6 * 10 * 3);
+  for (attnkit::index_t y = 0; y < 6; ++y)
+    for (attnkit::index_t x = 0; x < 10; ++x) {
+      const int r = int(20 * x + 3 * y);
+      ramp[(y * 10 + x) * 3 + 0] = std::uint8_t(r);
+      ramp[(y * 10 + x) * 3 + 1] = std::uint8_t(255 - r);
+      ramp[(y * 10 + x) * 3 + 2] = 100;
+    }
+  return ramp;
+}
+
 int selftest_checks(checker& check) {
   using namespace classify;
   char tmpl[] = "/tmp/attnkit_classify_selftest_XXXXXX";
@@ -352,16 +365,9 @@ int selftest_checks(checker& check) {
   //   img = Image.fromarray(arr).resize((w, h), Image.BICUBIC); np.asarray(img)
   // and for float by Image.fromarray(R.astype(np.float32), "F").resize(...).
   {
-    std::vector<std::uint8_t> ramp(6 * 10 * 3);
+    const std::vector<std::uint8_t> ramp = ramp_image();
     std::vector<float> rampf(6 * 10 * 3);
-    for (index_t y = 0; y < 6; ++y)
-      for (index_t x = 0; x < 10; ++x) {
-        const int r = int(20 * x + 3 * y);
-        ramp[(y * 10 + x) * 3 + 0] = std::uint8_t(r);
-        ramp[(y * 10 + x) * 3 + 1] = std::uint8_t(255 - r);
-        ramp[(y * 10 + x) * 3 + 2] = 100;
-        rampf[(y * 10 + x) * 3 + 0] = float(r);
-      }
+    for (std::size_t i = 0; i < rampf.size(); i += 3) rampf[i] = float(ramp[i]);
     // Downscale to 4 rows x 3 cols: the red channel, row-major.
     const std::vector<int> down_r = {26, 91, 156, 30, 95, 160, 35, 100, 165, 39, 104, 169};
     // Upscale to 9 rows x 16 cols: red at (row, col) for a few positions.
@@ -440,14 +446,7 @@ int selftest_checks(checker& check) {
         -0.131432533f,  0.397759199f, -0.061524976f, 0.467933923f,  -0.214985967f,  -0.061524976f,
         -1.2102921f,    1.50070024f,  -0.061524976f, -0.610925615f, 0.887955248f,   -0.061524976f,
         -0.0629335269f, 0.327731192f, -0.061524976f, 0.536432922f,  -0.285013974f,  -0.061524976f};
-    std::vector<std::uint8_t> ramp(6 * 10 * 3);
-    for (index_t y = 0; y < 6; ++y)
-      for (index_t x = 0; x < 10; ++x) {
-        const int r = int(20 * x + 3 * y);
-        ramp[(y * 10 + x) * 3 + 0] = std::uint8_t(r);
-        ramp[(y * 10 + x) * 3 + 1] = std::uint8_t(255 - r);
-        ramp[(y * 10 + x) * 3 + 2] = 100;
-      }
+    const std::vector<std::uint8_t> ramp = ramp_image();
     t.rows = t.cols = 4;
     const auto got = preprocess(ramp, 6, 10, t);
     bool ok = got.size() == want.size() && !want.empty();

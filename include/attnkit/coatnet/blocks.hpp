@@ -330,9 +330,44 @@ void check_block_views(const tensor_view<const T, 4>& x, const tensor_view<T, 4>
 
 }  // namespace detail_net
 
+/// What both blocks share: the parameter list, the checked forward on any strides, the workspace.
+template <class T>
+class block_base {
+ public:
+  /// The block's parameters (timm names inside the block, e.g. "conv1_1x1.weight") and shapes.
+  typename parameter_set<T>::list parameters() const { return ps_.parameters(); }
+  std::vector<std::string> missing_parameters() const { return ps_.missing(); }
+  const std::vector<index_t>* parameter_shape(const std::string& name) const { return ps_.shape(name); }
+
+ protected:
+  void set(const std::string& name, const T* data, index_t count, const char* where) {
+    ps_.set(name, data, count, where);
+    prepared_ = false;
+  }
+  /// Checks threads and parameters, then runs block.run through contiguous buffers (x and out
+  /// already checked by the caller).
+  template <class Block>
+  void checked_forward(Block& block, const tensor_view<const T, 4>& x, const tensor_view<T, 4>& out,
+                       int threads, const char* where) {
+    detail::check_threads(threads, where);
+    ps_.require_loaded(where);
+    if (out.empty()) return;
+    detail_net::forward_views(block, x, out, ws_, xin_, yout_, threads);
+  }
+
+  parameter_set<T> ps_;
+  bool prepared_ = false;
+
+ private:
+  detail_net::workspace<T> ws_;
+  std::vector<T> xin_, yout_;
+};
+
 /// An MBConv block (timm MbConvBlock): in -> out channels, halving the grid when `downsample`.
 template <class T = float, class Arch = simd::native>
-class mbconv_block {
+class mbconv_block : public block_base<T> {
+  using block_base<T>::ps_;
+  using block_base<T>::prepared_;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "coatnet::mbconv_block: float or double");
 
@@ -368,13 +403,8 @@ class mbconv_block {
   std::int64_t se_channels() const { return rd_; }
   bool downsample() const { return down_; }
 
-  /// The block's parameters (timm names inside the block, e.g. "conv1_1x1.weight") and shapes.
-  typename parameter_set<T>::list parameters() const { return ps_.parameters(); }
-  std::vector<std::string> missing_parameters() const { return ps_.missing(); }
-  const std::vector<index_t>* parameter_shape(const std::string& name) const { return ps_.shape(name); }
   void set_parameter(const std::string& name, const T* data, index_t count) {
-    ps_.set(name, data, count, "attnkit::coatnet::mbconv_block::set_parameter");
-    prepared_ = false;
+    this->set(name, data, count, "attnkit::coatnet::mbconv_block::set_parameter");
   }
 
   /// Multiply-adds x 2 of one call on B images of H x W (input grid).
@@ -395,10 +425,7 @@ class mbconv_block {
   void forward(tensor_view<const T, 4> x, tensor_view<T, 4> out, int threads = 0) {
     constexpr const char* where = "attnkit::coatnet::mbconv_block::forward";
     detail_net::check_block_views(x, out, in_, out_, down_, where);
-    detail::check_threads(threads, where);
-    ps_.require_loaded(where);
-    if (out.empty()) return;
-    detail_net::forward_views(*this, x, out, ws_, xin_, yout_, threads);
+    this->checked_forward(*this, x, out, threads, where);
   }
 
   /// Internal: the forward pass on contiguous buffers (checked by the caller).
@@ -476,21 +503,19 @@ class mbconv_block {
   mbconv_config cfg_;
   std::int64_t in_, out_, mid_ = 0, rd_ = 0;
   bool down_;
-  parameter_set<T> ps_;
-  bool prepared_ = false;
   detail::packed_weights<T> shortcut_, conv1_, conv3_;
   detail_net::affine<T> pre_, norm2_;
   tensor<T, 4> dw_w_, se_w1_, se_w2_;
   tensor<T, 1> dw_b_, se_b1_, se_b2_;
-  detail_net::workspace<T> ws_;
-  std::vector<T> xin_, yout_;
 };
 
 /// A transformer block (timm TransformerBlock2d with RelPosBias): in -> out channels on an input
 /// grid of rows x cols, halving it when `downsample`; the relative table covers the attention's
 /// grid (the output grid).
 template <class T = float, class Arch = simd::native>
-class transformer_block {
+class transformer_block : public block_base<T> {
+  using block_base<T>::ps_;
+  using block_base<T>::prepared_;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "coatnet::transformer_block: float or double");
 
@@ -540,12 +565,8 @@ class transformer_block {
   std::int64_t grid_rows() const { return down_ ? rows_ / 2 : rows_; }  ///< the attention's grid
   std::int64_t grid_cols() const { return down_ ? cols_ / 2 : cols_; }
 
-  typename parameter_set<T>::list parameters() const { return ps_.parameters(); }
-  std::vector<std::string> missing_parameters() const { return ps_.missing(); }
-  const std::vector<index_t>* parameter_shape(const std::string& name) const { return ps_.shape(name); }
   void set_parameter(const std::string& name, const T* data, index_t count) {
-    ps_.set(name, data, count, "attnkit::coatnet::transformer_block::set_parameter");
-    prepared_ = false;
+    this->set(name, data, count, "attnkit::coatnet::transformer_block::set_parameter");
   }
 
   /// Multiply-adds x 2 of one call on B images (of the block's grid).
@@ -569,10 +590,7 @@ class transformer_block {
              std::to_string(rows_) + " x " + std::to_string(cols_) +
              " (its relative table is sized for it; see resize_relative_table)";
     });
-    detail::check_threads(threads, where);
-    ps_.require_loaded(where);
-    if (out.empty()) return;
-    detail_net::forward_views(*this, x, out, ws_, xin_, yout_, threads);
+    this->checked_forward(*this, x, out, threads, where);
   }
 
   /// Internal: the forward pass on contiguous buffers (checked by the caller).
@@ -646,13 +664,9 @@ class transformer_block {
   std::int64_t in_, out_, width_ = 0, heads_ = 0, hidden_ = 0;
   bool down_;
   std::int64_t rows_, cols_;
-  parameter_set<T> ps_;
-  bool prepared_ = false;
   detail::packed_weights<T> shortcut_, qkv_, proj_, fc1_, fc2_;
   std::vector<T> ln1_g_, ln1_b_, ln2_g_, ln2_b_;
   tensor<T, 3> table_;
-  detail_net::workspace<T> ws_;
-  std::vector<T> xin_, yout_;
 };
 
 }  // namespace coatnet
