@@ -52,12 +52,10 @@ void combiner_attention(tensor_view<const detail::identity_t<T>, 4> q,
     });
   }
   const int nt = resolve_threads(options.threads, s.B * s.H);
-  std::vector<detail::combiner_workspace<Arch, T>> ws;
-  ws.reserve(static_cast<std::size_t>(nt));
-  for (int t = 0; t < nt; ++t) ws.emplace_back(s.dk, s.dv);
+  detail::combiner_workspace_pool<Arch, T> ws(nt, s.dk, s.dv);
   parallel_for(s.B * s.H, nt, [&](index_t task, int thread) {
     const index_t b = task / s.H, h = task % s.H;
-    auto& w = ws[static_cast<std::size_t>(thread)];
+    auto& w = ws[thread];
     const detail::row_view<T> dst{out.ptr(b, h, 0, 0), out.stride(2), out.stride(3)};
     detail::combiner_head<T> hd{s,
                                 q,

@@ -275,43 +275,5 @@ void pooled_summary(const tensor_view<const T, 4>& q, const tensor_view<const T,
   for (index_t e = 0; e < dv; ++e) es[e] *= inv;
 }
 
-/// The local expectation of the keys [j0, j0 + n) of (b, hkv) under the summary query qt:
-/// es = sum_j softmax_j(scale qt . k_j) v_j. Rows are read in place when their elements are
-/// contiguous (else copied one at a time).
-template <class Arch, class T>
-void range_expectation(const tensor_view<const T, 4>& k, const tensor_view<const T, 4>& v, index_t b,
-                       index_t hkv, index_t j0, index_t n, const T* qt, T scale, T* es,
-                       summary_scratch<T>& w) {
-  const index_t dk = k.extent(3), dv = v.extent(3);
-  w.logits.resize(static_cast<std::size_t>(n));
-  w.kc.resize(static_cast<std::size_t>(dk));
-  w.vc.resize(static_cast<std::size_t>(dv));
-  T m = -std::numeric_limits<T>::infinity();
-  for (index_t t = 0; t < n; ++t) {
-    const T* kr = k.ptr(b, hkv, j0 + t, 0);
-    if (k.stride(3) != 1) {
-      copy_strided(kr, k.stride(3), dk, w.kc.data());
-      kr = w.kc.data();
-    }
-    const T x = scale * dot<Arch>(qt, kr, dk);
-    w.logits[static_cast<std::size_t>(t)] = x;
-    m = std::max(m, x);
-  }
-  std::fill(es, es + dv, T(0));
-  T sum = 0;
-  for (index_t t = 0; t < n; ++t) {
-    const T p = exp_scalar(w.logits[static_cast<std::size_t>(t)] - m);
-    sum += p;
-    const T* vr = v.ptr(b, hkv, j0 + t, 0);
-    if (v.stride(3) != 1) {
-      copy_strided(vr, v.stride(3), dv, w.vc.data());
-      vr = w.vc.data();
-    }
-    axpy<Arch>(dv, p, vr, es);
-  }
-  const T inv = T(1) / sum;
-  for (index_t e = 0; e < dv; ++e) es[e] *= inv;
-}
-
 }  // namespace detail
 ATTNKIT_END_NAMESPACE

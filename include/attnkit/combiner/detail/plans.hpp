@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <numeric>
 #include <vector>
 
@@ -23,7 +25,51 @@ struct combiner_workspace {
   summary_scratch<T> sum;
   std::vector<T> ks, es, pk, pv, mix;
   std::vector<index_t> idx;
-  combiner_workspace(index_t dk, index_t dv) : blk(dk, dv + dk) {}
+  index_t dk, dv;
+  combiner_workspace(index_t dk_, index_t dv_) : blk(dk_, dv_ + dk_), dk(dk_), dv(dv_) {}
+};
+
+/// Workspaces kept between calls: their buffers (up to L rows of saved states and summaries per
+/// head) would otherwise be allocated, page-faulted and zeroed on every call. A call takes one
+/// per thread (a matching one from the cache, else a new one) and gives them back at the end;
+/// the cache keeps at most `keep` of them.
+template <class Arch, class T>
+class combiner_workspace_pool {
+ public:
+  using ws_t = combiner_workspace<Arch, T>;
+  static constexpr std::size_t keep = 64;
+  explicit combiner_workspace_pool(int n, index_t dk, index_t dv) {
+    {
+      std::lock_guard<std::mutex> lock(mutex());
+      auto& c = cache();
+      for (std::size_t i = c.size(); i-- > 0 && static_cast<int>(ws_.size()) < n;)
+        if (c[i]->dk == dk && c[i]->dv == dv) {
+          ws_.push_back(std::move(c[i]));
+          c.erase(c.begin() + static_cast<std::ptrdiff_t>(i));
+        }
+    }
+    while (static_cast<int>(ws_.size()) < n) ws_.push_back(std::make_unique<ws_t>(dk, dv));
+  }
+  ~combiner_workspace_pool() {
+    std::lock_guard<std::mutex> lock(mutex());
+    auto& c = cache();
+    for (auto& w : ws_)
+      if (c.size() < keep) c.push_back(std::move(w));
+  }
+  combiner_workspace_pool(const combiner_workspace_pool&) = delete;
+  combiner_workspace_pool& operator=(const combiner_workspace_pool&) = delete;
+  ws_t& operator[](int t) { return *ws_[static_cast<std::size_t>(t)]; }
+
+ private:
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static std::vector<std::unique_ptr<ws_t>>& cache() {
+    static std::vector<std::unique_ptr<ws_t>> c;
+    return c;
+  }
+  std::vector<std::unique_ptr<ws_t>> ws_;
 };
 
 /// The inputs of one (batch b, head h) and where its output goes.
@@ -111,223 +157,392 @@ void combiner_fixed(const combiner_head<T>& hd, index_t span, combiner_workspace
 
 // ---------------------------------------------------------------------------------------------
 // logsparse
-/// Summary index of the dyadic block t at level l (size 2^l) among the blocks of [0, len).
-/// Levels: every c = 2^l <= L; blocks: those that start before len.
-struct dyadic_index {
-  std::vector<index_t> offset;  // offset[l]: first index of level l
-  dyadic_index(index_t L, index_t len) {
-    index_t o = 0;
-    for (index_t c = 1; c <= std::max<index_t>(L, 1); c *= 2) {
-      offset.push_back(o);
-      o += (len + c - 1) / c;
+/// Pools the summary query and key of a dyadic block from its two halves (q0, k0 and q1, k1,
+/// with n0 and n1 members; n1 == 0: the block is its first half).
+template <class T>
+void pool_halves(const T* q0, const T* q1, const T* k0, const T* k1, index_t d, index_t n0, index_t n1,
+                 bool mx, T* qg, T* kg) {
+  if (n1 == 0) {
+    std::copy(q0, q0 + d, qg);
+    std::copy(k0, k0 + d, kg);
+  } else if (mx) {
+    for (index_t p = 0; p < d; ++p) {
+      qg[p] = std::max(q0[p], q1[p]);
+      kg[p] = std::max(k0[p], k1[p]);
     }
-    offset.push_back(o);
+  } else {
+    const index_t n = n0 + n1;
+    const T a = static_cast<T>(n0) / static_cast<T>(n), bb = static_cast<T>(n1) / static_cast<T>(n);
+    for (index_t p = 0; p < d; ++p) {
+      qg[p] = a * q0[p] + bb * q1[p];
+      kg[p] = a * k0[p] + bb * k1[p];
+    }
   }
-  index_t levels() const { return static_cast<index_t>(offset.size()) - 1; }
-  index_t total() const { return offset.back(); }
-};
+}
 
+/// o[e] = alpha * o[e] + sum_{c < n} p[c] * row(c)[e] for e < d.
+template <class Arch, class T, class R>
+void accumulate_rows(index_t n, index_t d, const T* p, R&& row, T alpha, T* o) {
+  using B = simd::batch<T, Arch>;
+  constexpr int W = B::size;
+  index_t e = 0;
+  for (; e + W <= d; e += W) {
+    B a = B::load(o + e) * B::broadcast(alpha);
+    for (index_t c = 0; c < n; ++c) a = fma(B::broadcast(p[c]), B::load(row(c) + e), a);
+    a.store(o + e);
+  }
+  for (; e < d; ++e) {
+    T a = o[e] * alpha;
+    for (index_t c = 0; c < n; ++c) a += p[c] * row(c)[e];
+    o[e] = a;
+  }
+}
+
+/// logsparse, on chunks of C = 16 aligned positions. Query i's augmented keys are its own key and,
+/// at each level l (blocks of 2^l), the summary of the sibling of its block: one softmax over at
+/// most log2(L) + 2 entries. Levels below C have their blocks (and siblings) inside the chunk:
+/// their summaries are computed per chunk from the chunk's rows. Blocks of levels from C up are
+/// shared by whole chunks: their summaries are computed first, key chunk by key chunk, each block
+/// as an online softmax (running max, sum and weighted values) over its chunks. Logits and
+/// outputs are vectorized over the 16 positions of a chunk (transposed panels: queries, keys,
+/// values of the entries that differ between positions, O^T).
 template <class Arch, class T>
 void combiner_logsparse(const combiner_head<T>& hd, combiner_workspace<Arch, T>& w) {
-  constexpr index_t Br = combiner_block<Arch, T>::Br;
-  index_t P = 1;  // queries per block: the largest power of two <= Br
-  while (2 * P <= Br) P *= 2;
+  using Bt = simd::batch<T, Arch>;
+  using S1 = simd::batch<T, simd::scalar>;
+  constexpr int W = Bt::size;
+  constexpr index_t C = 16, LC = 4;  // chunk = 2^LC positions
+  static_assert(C % W == 0, "combiner_logsparse: the chunk is whole batches");
+  constexpr int NB = static_cast<int>(C / W);
   const index_t L = hd.L(), len = hd.len, dk = hd.s.dk, dv = hd.s.dv;
-  const dyadic_index di(L, len);
-  const index_t nl = di.levels();
-  w.ks.resize(static_cast<std::size_t>(di.total() * dk));
-  w.es.resize(static_cast<std::size_t>(di.total() * dv));
-  // Pooled queries and keys level by level, each block from its two halves; then each block's
-  // local expectation over its keys (causal plans use the blocks of even index only).
-  w.pk.resize(static_cast<std::size_t>(di.total() * dk));  // pooled queries
-  const bool mx = hd.pooling == combiner_pooling::max;
+  const bool causal = hd.causal, mx = hd.pooling == combiner_pooling::max;
+  const T qs2 = hd.qscale;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  index_t nl = 0;  // levels: every 2^l <= L
+  for (index_t c = 1; c <= std::max<index_t>(L, 1); c *= 2) ++nl;
+  const index_t ls = std::min(LC, nl);  // per-chunk levels [1, ls); shared levels [LC, nl)
+  // shared levels: summary boff[l] + t of block t (blocks that start below len)
+  auto& boff = w.idx;
+  boff.assign(static_cast<std::size_t>(nl) + 1, 0);
+  index_t nbig = 0;
   for (index_t l = 0; l < nl; ++l) {
-    const index_t c = index_t(1) << l;
-    for (index_t t = 0; t * c < len; ++t) {
-      const index_t j0 = t * c, n = std::min(len, j0 + c) - j0,
-                    g = di.offset[static_cast<std::size_t>(l)] + t;
+    boff[static_cast<std::size_t>(l)] = nbig;
+    if (l >= LC) nbig += (len + (index_t(1) << l) - 1) >> l;
+  }
+  boff[static_cast<std::size_t>(nl)] = nbig;
+  w.pk.resize(static_cast<std::size_t>(nbig * dk));  // pooled queries
+  w.ks.resize(static_cast<std::size_t>(nbig * dk));
+  w.es.resize(static_cast<std::size_t>(nbig * dv));
+  // scratch
+  const index_t nlv = 2 + LC;  // entries that differ between the positions of a chunk (at most)
+  const index_t ne_max = nlv + std::max<index_t>(nl - LC, 0);
+  const index_t dm = std::max(dk, dv);
+  const std::size_t nscr =
+      static_cast<std::size_t>(C * dk * 2 + C * dv + dk * C * (2 + nlv) + dv * C * (1 + nlv) +
+                               LC * C * (2 * dk + dv) + nl * dv + dm + ne_max * C * 2 + C * 3);
+  w.pv.resize(nscr);
+  T* sp = w.pv.data();
+  auto carve = [&](index_t n) {
+    T* p = sp;
+    sp += n;
+    return p;
+  };
+  T* QR = carve(C * dk);  // rows copied when their elements are strided
+  T* KR = carve(C * dk);
+  T* VR = carve(C * dv);
+  T* QT = carve(dk * C);
+  T* KT = carve(dk * C);
+  T* KP = carve(dk * C * nlv);  // key panels of the entries that differ between positions
+  T* VP = carve(dv * C * nlv);  // and their value panels
+  T* OT = carve(dv * C);
+  T* SQ = carve(LC * C * dk);  // per-chunk levels: pooled queries, keys, local expectations
+  T* SK = carve(LC * C * dk);
+  T* SE = carve(LC * C * dv);
+  T* OS = carve(nl * dv);  // running weighted values of the shared levels
+  T* zero = carve(dm);
+  T* X = carve(ne_max * C);  // logits, then probabilities, per entry
+  T* VM = carve(ne_max * C);
+  T* xb = carve(C);
+  T* sh = carve(C);
+  T* pb = carve(C);
+  std::fill(zero, zero + dm, T(0));
+  std::vector<T> ms(static_cast<std::size_t>(nl)), ss(static_cast<std::size_t>(nl));
+  std::vector<const T*> brow_k(static_cast<std::size_t>(ne_max)), brow_v(static_cast<std::size_t>(ne_max));
+  const T* qp[C];
+  const T* kp[C];
+  const T* vp[C];
+  const index_t qse = hd.qs(), kse = hd.k.stride(3), vse = hd.v.stride(3);
+  // rows of a chunk: in place when contiguous, else copied; zero rows past n
+  auto rows = [&](const T** dst, index_t n, index_t d, auto&& src, index_t se, T* buf) {
+    for (index_t c = 0; c < C; ++c) {
+      if (c >= n) {
+        dst[c] = zero;
+      } else if (se == 1) {
+        dst[c] = src(c);
+      } else {
+        copy_strided(src(c), se, d, buf + c * d);
+        dst[c] = buf + c * d;
+      }
+    }
+  };
+  auto qrow = [&](index_t i) { return hd.qrow(i); };
+  auto krow = [&](index_t j) { return hd.k.ptr(hd.b, hd.hkv, j, 0); };
+  auto vrow = [&](index_t j) { return hd.v.ptr(hd.b, hd.hkv, j, 0); };
+  auto lane_lt = [&](int b, index_t n) {
+    return Bt::iota() + Bt::broadcast(static_cast<T>(b * W)) < Bt::broadcast(static_cast<T>(n));
+  };
+  // x[0..C) = qs2 * (panel A . panel Bp) lane by lane; Bp == nullptr: the row brow broadcast
+  auto logits = [&](const T* A, const T* Bp, const T* brow, T* x) {
+    Bt a[NB];
+    for (int b = 0; b < NB; ++b) a[b] = Bt::zero();
+    if (Bp) {
+      for (index_t p = 0; p < dk; ++p)
+        for (int b = 0; b < NB; ++b)
+          a[b] = fma(Bt::load(A + p * C + b * W), Bt::load(Bp + p * C + b * W), a[b]);
+    } else {
+      for (index_t p = 0; p < dk; ++p) {
+        const Bt bq = Bt::broadcast(brow[p]);
+        for (int b = 0; b < NB; ++b) a[b] = fma(Bt::load(A + p * C + b * W), bq, a[b]);
+      }
+    }
+    const Bt s = Bt::broadcast(qs2);
+    for (int b = 0; b < NB; ++b) (a[b] * s).store(x + b * W);
+  };
+  auto panel = [&](T* dst, index_t d, auto&& row) { rows_to_panel<Arch, T>(C, d, row, dst, C); };
+
+  // 1. pooled queries and keys of the shared levels: chunks, then each block from its halves
+  if (nl > LC) {
+    for (index_t u = 0; u * C < len; ++u) {
+      const index_t j0 = u * C, n = std::min(C, len - j0), g = boff[static_cast<std::size_t>(LC)] + u;
       T* qg = w.pk.data() + g * dk;
       T* kg = w.ks.data() + g * dk;
-      if (l == 0) {
-        copy_strided(hd.qrow(j0), hd.qs(), dk, qg);
-        copy_strided(hd.k.ptr(hd.b, hd.hkv, j0, 0), hd.k.stride(3), dk, kg);
-      } else {
-        const index_t h0 = di.offset[static_cast<std::size_t>(l) - 1] + 2 * t, half = c / 2;
-        const index_t n0 = std::min(half, n), n1 = n - n0;
+      rows(
+          qp, n, dk, [&](index_t c) { return qrow(j0 + c); }, qse, QR);
+      rows(
+          kp, n, dk, [&](index_t c) { return krow(j0 + c); }, kse, KR);
+      std::copy(qp[0], qp[0] + dk, qg);
+      std::copy(kp[0], kp[0] + dk, kg);
+      for (index_t t = 1; t < n; ++t) {
+        const T* qr = qp[t];
+        const T* kr = kp[t];
+        if (mx) {
+          for (index_t p = 0; p < dk; ++p) {
+            qg[p] = std::max(qg[p], qr[p]);
+            kg[p] = std::max(kg[p], kr[p]);
+          }
+        } else {
+          for (index_t p = 0; p < dk; ++p) {
+            qg[p] += qr[p];
+            kg[p] += kr[p];
+          }
+        }
+      }
+      if (!mx) {
+        const T r = T(1) / static_cast<T>(n);
+        for (index_t p = 0; p < dk; ++p) {
+          qg[p] *= r;
+          kg[p] *= r;
+        }
+      }
+    }
+    for (index_t l = LC + 1; l < nl; ++l) {
+      const index_t c = index_t(1) << l, half = c / 2;
+      for (index_t t = 0; t * c < len; ++t) {
+        const index_t n = std::min(len, t * c + c) - t * c, n0 = std::min(half, n);
+        const index_t g = boff[static_cast<std::size_t>(l)] + t,
+                      h0 = boff[static_cast<std::size_t>(l) - 1] + 2 * t;
         const T* q0 = w.pk.data() + h0 * dk;
         const T* k0 = w.ks.data() + h0 * dk;
-        if (n1 == 0) {
-          std::copy(q0, q0 + dk, qg);
-          std::copy(k0, k0 + dk, kg);
-        } else if (mx) {
-          for (index_t p = 0; p < dk; ++p) {
-            qg[p] = std::max(q0[p], q0[dk + p]);
-            kg[p] = std::max(k0[p], k0[dk + p]);
-          }
-        } else {
-          const T a = static_cast<T>(n0) / static_cast<T>(n), bb = static_cast<T>(n1) / static_cast<T>(n);
-          for (index_t p = 0; p < dk; ++p) {
-            qg[p] = a * q0[p] + bb * q0[dk + p];
-            kg[p] = a * k0[p] + bb * k0[dk + p];
-          }
-        }
+        pool_halves(q0, q0 + dk, k0, k0 + dk, dk, n0, n - n0, mx, w.pk.data() + g * dk, w.ks.data() + g * dk);
       }
-    }
-    for (index_t t = 0; t * c < len; ++t) {
-      if (hd.causal && t % 2 == 1) continue;
-      const index_t j0 = t * c, n = std::min(len, j0 + c) - j0,
-                    g = di.offset[static_cast<std::size_t>(l)] + t;
-      if (n == 1) {
-        copy_strided(hd.v.ptr(hd.b, hd.hkv, j0, 0), hd.v.stride(3), dv, w.es.data() + g * dv);
-        continue;
-      }
-      range_expectation<Arch>(hd.k, hd.v, hd.b, hd.hkv, j0, n, w.pk.data() + g * dk, hd.scale,
-                              w.es.data() + g * dv, w.sum);
     }
   }
-  // One block of P aligned queries: the groups of levels c >= P are shared by all of them (gathered
-  // first); the direct keys and the blocks of levels c < P lie inside the block's own range,
-  // sorted by their end so that a causal query's keys are a prefix (then masked to its own set).
-  struct entry {
-    index_t end, level, t;  // level < 0: direct key t
-  };
-  // The in-block entries of the block at i0 (n queries, keys below len): sorted by end, with
-  // the columns that see each and the number each column sees (causal prefix).
-  struct inner_set {
-    std::vector<entry> e;
-    std::vector<std::uint64_t> bits;
-    std::vector<index_t> count;
-  };
-  // Levels below S (and the direct key) are per query: 2 log2(S) of a block's rows would otherwise
-  // be computed for every column for the one each needs.
-  const index_t ls = std::min<index_t>(3, nl);  // S = 2^ls = 8
-  const T qs2 = hd.qscale;
-  std::vector<T> o(static_cast<std::size_t>(dv)), qi(static_cast<std::size_t>(dk)),
-      vdir(static_cast<std::size_t>(dv));
-  std::vector<T> x(8);
-  std::vector<const T*> vp(8);
-  auto build_inner = [&](index_t i0, index_t n, inner_set& in) {
-    in.e.clear();
-    for (index_t l = ls; l < nl && (index_t(1) << l) < P; ++l) {
-      const index_t c = index_t(1) << l;
-      for (index_t t = i0 / c; t * c < std::min(i0 + P, len); ++t)
-        if (!hd.causal || t % 2 == 0) in.e.push_back({(t + 1) * c, l, t});
+  // 2. local expectations of the shared levels, key chunk by key chunk (causal: even blocks only)
+  if (nl > LC) {
+    for (index_t j0 = 0; j0 < len; j0 += C) {
+      const index_t n = std::min(C, len - j0);
+      rows(
+          kp, n, dk, [&](index_t c) { return krow(j0 + c); }, kse, KR);
+      rows(
+          vp, n, dv, [&](index_t c) { return vrow(j0 + c); }, vse, VR);
+      panel(KT, dk, [&](index_t c) { return kp[c]; });
+      for (index_t l = LC; l < nl; ++l) {
+        const index_t t = j0 >> l;
+        if (causal && t % 2 == 1) continue;
+        const index_t start = t << l, end = std::min(len, start + (index_t(1) << l));
+        T* O = OS + l * dv;
+        T& m = ms[static_cast<std::size_t>(l)];
+        T& s = ss[static_cast<std::size_t>(l)];
+        if (j0 == start) {
+          m = ninf;
+          s = T(0);
+          std::fill(O, O + dv, T(0));
+        }
+        logits(KT, nullptr, w.pk.data() + (boff[static_cast<std::size_t>(l)] + t) * dk, xb);
+        Bt mv = Bt::broadcast(ninf);
+        for (int b = 0; b < NB; ++b) {
+          const Bt x = select(lane_lt(b, n), Bt::load(xb + b * W), Bt::broadcast(ninf));
+          x.store(xb + b * W);
+          mv = max(mv, x);
+        }
+        const T mnew = std::max(m, reduce_max(mv));
+        const T alpha = exp2_nonpositive(S1{m - mnew}).v;
+        Bt sum = Bt::zero();
+        for (int b = 0; b < NB; ++b) {
+          const Bt p = exp2_nonpositive(Bt::load(xb + b * W) - Bt::broadcast(mnew));
+          p.store(pb + b * W);
+          sum = sum + p;
+        }
+        s = s * alpha + reduce_add(sum);
+        m = mnew;
+        accumulate_rows<Arch>(
+            n, dv, pb, [&](index_t c) { return vp[c]; }, alpha, O);
+        if (j0 + C >= end) {
+          T* es = w.es.data() + (boff[static_cast<std::size_t>(l)] + t) * dv;
+          const T r = T(1) / s;
+          for (index_t e = 0; e < dv; ++e) es[e] = O[e] * r;
+        }
+      }
     }
-    std::stable_sort(in.e.begin(), in.e.end(), [](const entry& x, const entry& y) { return x.end < y.end; });
-    in.bits.assign(in.e.size(), 0);
-    in.count.assign(static_cast<std::size_t>(n), 0);
-    for (std::size_t x = 0; x < in.e.size(); ++x) {
-      const entry& e = in.e[x];
-      for (index_t c = 0; c < n; ++c) {
-        const index_t i = i0 + c;
-        bool vis;
-        if (e.level < 0) {
-          vis = e.t == i;
+  }
+  // 3. the queries, chunk by chunk
+  auto sibling = [&](index_t f, index_t l, index_t lim) -> index_t {  // -1: none
+    if (f % 2 == 1) return ((f - 1) << l) < lim ? f - 1 : -1;
+    return !causal && ((f + 1) << l) < lim ? f + 1 : -1;
+  };
+  for (index_t i0 = 0; i0 < L; i0 += C) {
+    const index_t nq = std::min(C, L - i0), nk = std::clamp<index_t>(len - i0, 0, C);
+    rows(
+        qp, nq, dk, [&](index_t c) { return qrow(i0 + c); }, qse, QR);
+    rows(
+        kp, nk, dk, [&](index_t c) { return krow(i0 + c); }, kse, KR);
+    rows(
+        vp, nk, dv, [&](index_t c) { return vrow(i0 + c); }, vse, VR);
+    panel(QT, dk, [&](index_t c) { return qp[c]; });
+    panel(KT, dk, [&](index_t c) { return kp[c]; });
+    // per-chunk levels: pooled rows from the halves (level 0: the rows), local expectations
+    for (index_t l = 1; l < ls; ++l) {
+      const index_t c = index_t(1) << l, half = c / 2;
+      T* sq = SQ + l * C * dk;
+      T* sk = SK + l * C * dk;
+      T* se = SE + l * C * dv;
+      for (index_t bl = 0; bl * c < nk; ++bl) {
+        const index_t nm = std::min(c, nk - bl * c), n0 = std::min(half, nm);
+        const T *q0, *q1, *k0, *k1;
+        if (l == 1) {
+          q0 = qp[2 * bl], q1 = qp[2 * bl + 1], k0 = kp[2 * bl], k1 = kp[2 * bl + 1];
         } else {
-          const index_t f = i >> e.level;
-          vis = (f % 2 == 1 && e.t == f - 1) || (!hd.causal && f % 2 == 0 && e.t == f + 1);
+          q0 = SQ + ((l - 1) * C + 2 * bl) * dk, k0 = SK + ((l - 1) * C + 2 * bl) * dk;
+          q1 = q0 + dk, k1 = k0 + dk;
         }
-        if (vis) in.bits[x] |= std::uint64_t(1) << c;
-        if (e.end <= i + 1) ++in.count[static_cast<std::size_t>(c)];
+        pool_halves(q0, q1, k0, k1, dk, n0, nm - n0, mx, sq + bl * dk, sk + bl * dk);
+      }
+      if (nk == 0) continue;
+      panel(KP, dk, [&](index_t x) { return x < nk ? sq + (x >> l) * dk : zero; });
+      logits(KP, KT, nullptr, xb);
+      for (index_t bl = 0; bl * c < C; ++bl) {
+        const index_t a0 = bl * c, a1 = std::min(a0 + c, nk);
+        T m = ninf;
+        for (index_t x = a0; x < a1; ++x) m = std::max(m, xb[x]);
+        for (index_t x = a0; x < a0 + c; ++x) {
+          sh[x] = a0 < nk ? m : T(0);
+          if (x >= nk) xb[x] = ninf;
+        }
+      }
+      for (int b = 0; b < NB; ++b)
+        exp2_nonpositive(Bt::load(xb + b * W) - Bt::load(sh + b * W)).store(pb + b * W);
+      for (index_t bl = 0; bl * c < nk; ++bl) {
+        if (causal && bl % 2 == 1) continue;
+        const index_t a0 = bl * c, a1 = std::min(a0 + c, nk);
+        T s = 0;
+        for (index_t x = a0; x < a1; ++x) s += pb[x];
+        T* e = se + bl * dv;
+        accumulate_rows<Arch>(
+            a1 - a0, dv, pb + a0, [&](index_t x) { return vp[a0 + x]; }, T(0), e);
+        const T r = T(1) / s;
+        for (index_t q = 0; q < dv; ++q) e[q] *= r;
       }
     }
-  };
-  // Every whole block below len has the same structure, shifted: built once.
-  inner_set tmpl, part;
-  if (P <= len) build_inner(0, P, tmpl);
-  std::vector<entry> shared;
-  auto& blk = w.blk;
-  for (index_t i0 = 0; i0 < L; i0 += P) {
-    const index_t n = std::min(P, L - i0);
-    const bool whole = n == P && i0 + P <= len;
-    if (!whole) build_inner(i0, n, part);
-    const inner_set& in = whole ? tmpl : part;
-    shared.clear();
-    for (index_t l = 0; l < nl; ++l) {
-      const index_t c = index_t(1) << l;
-      if (c < P) continue;
-      const index_t f = i0 / c;
-      if (f % 2 == 1) {
-        if ((f - 1) * c < len) shared.push_back({f * c, l, f - 1});
-      } else if (!hd.causal && (f + 1) * c < len) {
-        shared.push_back({(f + 2) * c, l, f + 1});
+    // the entries that differ between positions (own key, level 0, per-chunk levels): key and
+    // value panels, zero rows where hidden; then the shared levels' summaries, one row each
+    index_t nv = 0, ne = 0;
+    auto lane_entry = [&](auto&& krow_of, auto&& vrow_of) {  // row pointers, nullptr: hidden
+      T* vm = VM + nv * C;
+      bool any = false;
+      for (index_t c = 0; c < C; ++c) {
+        vm[c] = c < nq && vrow_of(c) ? T(1) : T(0);
+        any = any || vm[c] > T(0);
       }
-    }
-    // gather the panel: shared summaries, then the block's own entries
-    const index_t ns = static_cast<index_t>(shared.size());
-    const index_t rows = ns + static_cast<index_t>(in.e.size());
-    w.pk.resize(static_cast<std::size_t>(rows * dk));
-    w.pv.resize(static_cast<std::size_t>(rows * dv));
-    index_t r = 0;
-    auto put = [&](index_t level, index_t t) {
-      if (level < 0) {
-        copy_strided(hd.k.ptr(hd.b, hd.hkv, t, 0), hd.k.stride(3), dk, w.pk.data() + r * dk);
-        copy_strided(hd.v.ptr(hd.b, hd.hkv, t, 0), hd.v.stride(3), dv, w.pv.data() + r * dv);
-      } else {
-        const index_t g = di.offset[static_cast<std::size_t>(level)] + t;
-        std::copy(w.ks.data() + g * dk, w.ks.data() + (g + 1) * dk, w.pk.data() + r * dk);
-        std::copy(w.es.data() + g * dv, w.es.data() + (g + 1) * dv, w.pv.data() + r * dv);
-      }
-      ++r;
+      if (!any) return;
+      T* kpn = KP + nv * dk * C;
+      T* vpn = VP + nv * dv * C;
+      panel(kpn, dk, [&](index_t c) { return vm[c] > T(0) ? krow_of(c) : zero; });
+      panel(vpn, dv, [&](index_t c) { return vm[c] > T(0) ? vrow_of(c) : zero; });
+      logits(QT, kpn, nullptr, X + nv * C);
+      ++nv;
     };
-    for (const entry& e : shared) put(e.level, e.t);
-    for (const entry& e : in.e) put(e.level, whole ? e.t + (e.level < 0 ? i0 : i0 >> e.level) : e.t);
-    hd.begin(
-        blk, n, [&](index_t c) { return i0 + c; },
-        [&](index_t c) { return hd.causal ? ns + in.count[static_cast<std::size_t>(c)] : rows; });
-    hd.add_summaries(blk, w.pk.data(), w.pv.data(), 0, rows);
-    for (std::size_t x = 0; x < in.e.size(); ++x) blk.restrict_row(ns + static_cast<index_t>(x), in.bits[x]);
-    blk.run();
-    // The direct key and the blocks of levels below S, per query, into its saved state.
-    for (index_t c = 0; c < n; ++c) {
-      const index_t i = i0 + c;
-      T m, l;
-      blk.save(c, dv, o.data(), m, l);
-      index_t ne = 0;
-      auto add = [&](const T* kr, const T* vr) {
-        x[static_cast<std::size_t>(ne)] = qs2 * dot<Arch>(qi.data(), kr, dk);
-        vp[static_cast<std::size_t>(ne++)] = vr;
-      };
-      copy_strided(hd.qrow(i), hd.qs(), dk, qi.data());
-      if (i < len) {
-        const T* kr = w.ks.data() + i * dk;  // level 0 holds the keys themselves
-        const T* vr = hd.v.ptr(hd.b, hd.hkv, i, 0);
-        if (hd.v.stride(3) != 1) {
-          copy_strided(vr, hd.v.stride(3), dv, vdir.data());
-          vr = vdir.data();
-        }
-        add(kr, vr);
+    lane_entry([&](index_t c) { return kp[c]; },
+               [&](index_t c) -> const T* { return c < nk ? vp[c] : nullptr; });
+    if (nl > 1)
+      lane_entry([&](index_t c) { return kp[c ^ 1]; },
+                 [&](index_t c) -> const T* { return sibling(c, 0, nk) >= 0 ? vp[c ^ 1] : nullptr; });
+    for (index_t l = 1; l < ls; ++l) {
+      const T* sk = SK + l * C * dk;
+      const T* se = SE + l * C * dv;
+      lane_entry([&](index_t c) { return sk + sibling(c >> l, l, nk) * dk; },
+                 [&](index_t c) -> const T* {
+                   const index_t sb = sibling(c >> l, l, nk);
+                   return sb >= 0 ? se + sb * dv : nullptr;
+                 });
+    }
+    for (index_t v = 0; v < nv; ++v)
+      for (int b = 0; b < NB; ++b) {
+        T* x = X + v * C + b * W;
+        select(Bt::zero() < Bt::load(VM + v * C + b * W), Bt::load(x), Bt::broadcast(ninf)).store(x);
       }
-      for (index_t lv = 1; lv < ls && lv < nl; ++lv) {
-        const index_t f = i >> lv, cl = index_t(1) << lv;
-        index_t t = -1;
-        if (f % 2 == 1)
-          t = (f - 1) * cl < len ? f - 1 : -1;
-        else if (!hd.causal && (f + 1) * cl < len)
-          t = f + 1;
-        if (t < 0) continue;
-        const index_t g = di.offset[static_cast<std::size_t>(lv)] + t;
-        add(w.ks.data() + g * dk, w.es.data() + g * dv);
-      }
-      // level 0 (c = 1) blocks are single keys: the key and value of position i -+ 1
-      if (ls > 0 && nl > 0) {
-        const index_t t = i % 2 == 1 ? i - 1 : (!hd.causal && i + 1 < len ? i + 1 : -1);
-        if (t >= 0 && t < len) add(w.ks.data() + t * dk, w.es.data() + t * dv);
-      }
-      T mx = m;
-      for (index_t e = 0; e < ne; ++e) mx = std::max(mx, x[static_cast<std::size_t>(e)]);
-      const T sh = mx == -std::numeric_limits<T>::infinity() ? T(0) : mx;
-      const T alpha = std::exp2(m - sh);
-      l *= alpha;
-      for (index_t e = 0; e < dv; ++e) o[static_cast<std::size_t>(e)] *= alpha;
+    ne = nv;
+    for (index_t l = LC; l < nl; ++l) {
+      const index_t sb = sibling(i0 >> l, l, len);
+      if (sb < 0) continue;
+      const index_t g = boff[static_cast<std::size_t>(l)] + sb;
+      brow_k[static_cast<std::size_t>(ne)] = w.ks.data() + g * dk;
+      brow_v[static_cast<std::size_t>(ne)] = w.es.data() + g * dv;
+      logits(QT, nullptr, w.ks.data() + g * dk, X + ne * C);
+      ++ne;
+    }
+    // one softmax over the entries; O^T = sum_entries P V^T
+    for (int b = 0; b < NB; ++b) {
+      Bt m = Bt::broadcast(ninf);
+      for (index_t e = 0; e < ne; ++e) m = max(m, Bt::load(X + e * C + b * W));
+      const Bt shv = online_softmax_batch<Bt>::shift(m);
+      Bt z = Bt::zero();
       for (index_t e = 0; e < ne; ++e) {
-        const T p = std::exp2(x[static_cast<std::size_t>(e)] - sh);
-        l += p;
-        axpy<Arch>(dv, p, vp[static_cast<std::size_t>(e)], o.data());
+        const Bt p = exp2_nonpositive(Bt::load(X + e * C + b * W) - shv);
+        p.store(X + e * C + b * W);
+        z = z + p;
       }
-      const T inv = l > T(0) ? T(1) / l : T(0);
-      T* orow = hd.out.row(i);
-      for (index_t e = 0; e < dv; ++e) orow[e * hd.out.se] = o[static_cast<std::size_t>(e)] * inv;
+      z.store(sh + b * W);
+    }
+    for (index_t c = 0; c < C; ++c) sh[c] = sh[c] > T(0) ? T(1) / sh[c] : T(0);  // 1 / Z, 0: nothing seen
+    for (index_t e = 0; e < dv; ++e) {
+      Bt a[NB];
+      for (int b = 0; b < NB; ++b) a[b] = Bt::zero();
+      for (index_t v = 0; v < nv; ++v)
+        for (int b = 0; b < NB; ++b)
+          a[b] = fma(Bt::load(X + v * C + b * W), Bt::load(VP + (v * dv + e) * C + b * W), a[b]);
+      for (index_t v = nv; v < ne; ++v) {
+        const Bt bv = Bt::broadcast(brow_v[static_cast<std::size_t>(v)][e]);
+        for (int b = 0; b < NB; ++b) a[b] = fma(Bt::load(X + v * C + b * W), bv, a[b]);
+      }
+      for (int b = 0; b < NB; ++b) (a[b] * Bt::load(sh + b * W)).store(OT + e * C + b * W);
+    }
+    if (hd.out.se == 1) {
+      panel_to_rows<Arch, T>(nq, dv, OT, C, [&](index_t c) { return hd.out.row(i0 + c); });
+    } else {
+      for (index_t c = 0; c < nq; ++c) {
+        T* orow = hd.out.row(i0 + c);
+        for (index_t e = 0; e < dv; ++e) orow[e * hd.out.se] = OT[e * C + c];
+      }
     }
   }
 }
@@ -436,12 +651,16 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
           [&](index_t x) { return causal ? ne + std::min(c0 + x, mv) : mv; });
       if (ne > 0) hd.add_summaries(blk, w.ks.data(), w.es.data(), (r - 1) * m, ne);
       hd.add_summaries(blk, w.ks.data(), w.es.data(), r * m, mv);
-      for (index_t cc = 0; cc < mv; ++cc) {
-        std::uint64_t bits = 0;  // columns x that may see this summary
-        for (index_t x = 0; x < n; ++x)
-          if (causal ? c0 + x < cc : c0 + x != cc) bits |= std::uint64_t(1) << x;
-        if (ne > 0) blk.restrict_row(cc, bits);
-        if (!causal) blk.restrict_row(cc, bits);
+      const std::uint64_t used = n >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << n) - 1;
+      for (index_t cc = 0; cc < mv && (causal ? ne > 0 : true); ++cc) {
+        std::uint64_t bits;  // columns x that may see this summary: c0 + x < cc, or c0 + x != cc
+        if (causal) {
+          const index_t k = std::clamp<index_t>(cc - c0, 0, n);
+          bits = k >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << k) - 1;
+        } else {
+          bits = cc >= c0 && cc < c0 + n ? used & ~(std::uint64_t(1) << (cc - c0)) : used;
+        }
+        if (bits != used) blk.restrict_row(cc, bits);
       }
       st.load_all(blk, n, [&](index_t x) { return r * m + c0 + x; });
       blk.run();
