@@ -87,14 +87,16 @@ void check_conv_case(const dtensor& x, const dtensor& w, const dvec* bias, int s
 }  // namespace
 
 TEST_CASE("conv2d: dense convolutions (stem 3x3, 1x1, strides, padding) vs fp64 loops", "[coatnet_ops]") {
+  // the last two: fewer than 8 chunks of 64 pixels and more than 256 channels, so the tasks split
+  // the output channels too
   auto g = seeded_rng(101);
   struct cs {
     index_t B, H, W, Cin, Cout, k;
     int stride, pad;
   };
-  const cs cases[] = {{2, 9, 8, 3, 13, 3, 2, 1}, {1, 7, 7, 3, 17, 3, 1, 1}, {2, 5, 7, 37, 19, 1, 1, 0},
-                      {1, 6, 5, 40, 9, 3, 1, 1}, {1, 5, 6, 11, 5, 1, 2, 0}, {1, 8, 9, 5, 33, 3, 2, 1},
-                      {3, 1, 1, 2, 4, 3, 1, 1}};
+  const cs cases[] = {{2, 9, 8, 3, 13, 3, 2, 1}, {1, 7, 7, 3, 17, 3, 1, 1},   {2, 5, 7, 37, 19, 1, 1, 0},
+                      {1, 6, 5, 40, 9, 3, 1, 1}, {1, 5, 6, 11, 5, 1, 2, 0},   {1, 8, 9, 5, 33, 3, 2, 1},
+                      {3, 1, 1, 2, 4, 3, 1, 1},  {1, 3, 4, 20, 300, 1, 1, 0}, {1, 4, 5, 7, 270, 3, 1, 1}};
   int n = 0;
   for (const cs& c : cases) {
     const dtensor x = rnd<4>({c.B, c.H, c.W, c.Cin}, g);

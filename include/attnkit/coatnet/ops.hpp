@@ -130,7 +130,11 @@ void conv2d_packed(const tensor_view<const T, 4>& x, const packed_weights<T>& pw
   const index_t OH = out.extent(1), OW = out.extent(2), npix = B * OH * OW;
   const bool direct = kh == 1 && kw == 1 && stride == 1 && padding == 0 && uniform_pixels(x);
   constexpr index_t chunk = 64;
-  const index_t ntasks = (npix + chunk - 1) / chunk;
+  const index_t nchunks = (npix + chunk - 1) / chunk;
+  // Few pixels (the late stages at small batches): tasks also split the output channels, in blocks
+  // of 256 (fixed, not by thread count; the bits do not depend on the split either).
+  const index_t cb = nchunks >= 8 ? pw.np : std::min<index_t>(pw.np, 256);
+  const index_t ncb = (pw.np + cb - 1) / cb, ntasks = nchunks * ncb;
   const int nt = resolve_threads(threads, ntasks);
   struct scratch {
     std::vector<T> a, c;
@@ -138,7 +142,8 @@ void conv2d_packed(const tensor_view<const T, 4>& x, const packed_weights<T>& pw
   std::vector<scratch> ws(static_cast<std::size_t>(nt));
   parallel_for(ntasks, nt, [&](index_t task, int t) {
     scratch& s = ws[static_cast<std::size_t>(t)];
-    const index_t p0 = task * chunk, rows = std::min(chunk, npix - p0);
+    const index_t p0 = task / ncb * chunk, rows = std::min(chunk, npix - p0);
+    const index_t j0 = task % ncb * cb, j1 = std::min(pw.np, j0 + cb);
     const T* a = nullptr;
     index_t a_rs = K, a_cs = 1;
     if (direct) {
@@ -171,10 +176,12 @@ void conv2d_packed(const tensor_view<const T, 4>& x, const packed_weights<T>& pw
       return out.ptr(p / (OH * OW), p / OW % OH, p % OW, 0);
     };
     if (residual)
-      packed_product<Arch>(rows, a, a_rs, a_cs, pw, act, s.c, row_ptr, out.stride(3),
-                           [&](index_t r) { return residual + (p0 + r) * cout; });
+      packed_product<Arch>(
+          rows, a, a_rs, a_cs, pw, act, s.c, row_ptr, out.stride(3),
+          [&](index_t r) { return residual + (p0 + r) * cout; }, j0, j1);
     else
-      packed_product<Arch>(rows, a, a_rs, a_cs, pw, act, s.c, row_ptr, out.stride(3));
+      packed_product<Arch>(rows, a, a_rs, a_cs, pw, act, s.c, row_ptr, out.stride(3), no_residual<T>{}, j0,
+                           j1);
   });
 }
 

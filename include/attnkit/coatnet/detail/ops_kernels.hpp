@@ -174,37 +174,42 @@ struct no_residual {
   const T* operator()(index_t) const { return nullptr; }
 };
 
-/// C [rows, np] = A [rows, K] * Wp (A(r, p) = a[r * a_rs + p * a_cs]) in blocks of K, then bias,
-/// act and (when residual(r) is not null) + residual row r (contiguous), then out row r = C row
-/// r[0..n) through row_ptr(r) with column stride os (out may be the residual row itself).
+/// Columns [j0, j1) (multiples of the register width, j1 <= np) of C = A [rows, K] * Wp
+/// (A(r, p) = a[r * a_rs + p * a_cs]) in blocks of K, then bias, act and (when residual(r) is not
+/// null) + residual row r (contiguous, indexed by output channel), then out row r's channels
+/// [j0, min(j1, n)) through row_ptr(r) with column stride os (out may be the residual row itself).
+/// Every element's sum runs in the same order whatever the column range, so splitting the columns
+/// into tasks changes no bit.
 template <class Arch, class T, class RowPtr, class Residual = no_residual<T>>
 void packed_product(index_t rows, const T* a, index_t a_rs, index_t a_cs, const packed_weights<T>& pw,
                     coatnet::activation act, std::vector<T>& c, RowPtr row_ptr, index_t os,
-                    Residual residual = {}) {
+                    Residual residual = {}, index_t j0 = 0, index_t j1 = -1) {
   constexpr index_t kb = 256;  // depth block: the panel of A and Bp stays in L2
-  c.resize(static_cast<std::size_t>(rows * pw.np));
+  if (j1 < 0) j1 = pw.np;
+  const index_t nc = j1 - j0, n = std::min(j1, pw.n) - j0;
+  c.resize(static_cast<std::size_t>(rows * nc));
   for (index_t k0 = 0; k0 < pw.k; k0 += kb) {
     const index_t kc = std::min(kb, pw.k - k0);
-    const T* bp = pw.w.data() + k0 * pw.np;
+    const T* bp = pw.w.data() + k0 * pw.np + j0;
     if (k0 == 0)
-      lambda_product<Arch, false>(rows, kc, a, a_rs, a_cs, bp, pw.np, c.data(), pw.np, pw.np);
+      lambda_product<Arch, false>(rows, kc, a, a_rs, a_cs, bp, pw.np, c.data(), nc, nc);
     else
-      lambda_product<Arch, true>(rows, kc, a + k0 * a_cs, a_rs, a_cs, bp, pw.np, c.data(), pw.np, pw.np);
+      lambda_product<Arch, true>(rows, kc, a + k0 * a_cs, a_rs, a_cs, bp, pw.np, c.data(), nc, nc);
   }
   if (pw.k == 0) std::fill(c.begin(), c.end(), T(0));
   using B = simd::batch<T, Arch>;
   for (index_t r = 0; r < rows; ++r) {
-    T* cr = c.data() + r * pw.np;
-    for (index_t j = 0; j < pw.np; j += B::size)
-      (B::load(cr + j) + B::load(pw.bias.data() + j)).store(cr + j);
-    activate_row<Arch>(act, cr, pw.n);
+    T* cr = c.data() + r * nc;
+    for (index_t j = 0; j < nc; j += B::size)
+      (B::load(cr + j) + B::load(pw.bias.data() + j0 + j)).store(cr + j);
+    activate_row<Arch>(act, cr, n);
     if (const T* res = residual(r))
-      for (index_t j = 0; j < pw.n; ++j) cr[j] += res[j];
-    T* o = row_ptr(r);
+      for (index_t j = 0; j < n; ++j) cr[j] += res[j0 + j];
+    T* o = row_ptr(r) + j0 * os;
     if (os == 1)
-      std::copy(cr, cr + pw.n, o);
+      std::copy(cr, cr + n, o);
     else
-      for (index_t j = 0; j < pw.n; ++j) o[j * os] = cr[j];
+      for (index_t j = 0; j < n; ++j) o[j * os] = cr[j];
   }
 }
 
