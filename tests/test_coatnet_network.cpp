@@ -187,6 +187,7 @@ TEST_CASE("coatnet network: parameter list and checkpoint errors", "[coatnet]") 
     io::write_safetensors<float>(path, tensors);
     cn::network<float> n(cfg);
     CHECK_THROWS_WITH(cn::load_safetensors(n, path), Catch::Contains(what));
+    CHECK_THROWS_AS(cn::load_safetensors(n, path), attnkit::invalid_argument);
     CHECK(n.missing_parameters().size() == n.parameters().size());  // nothing set
     std::filesystem::remove(path);
   };

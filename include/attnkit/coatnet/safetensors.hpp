@@ -15,7 +15,8 @@ namespace coatnet {
 /// Sets every parameter of net from file. The file must hold exactly the network's parameters
 /// with their PyTorch shapes (any float dtype: f32, f16, bf16, f64), plus optionally batch norms'
 /// "num_batches_tracked" counters (ignored). Throws invalid_argument naming the missing, extra and
-/// mis-shaped tensors (up to 8 of each, with counts) before changing anything in net.
+/// mis-shaped tensors (up to 8 of each, with counts) before changing anything in net; the file
+/// reader throws std::runtime_error naming the path for unreadable or malformed files.
 template <class T, class Arch>
 void load_safetensors(network<T, Arch>& net, const io::safetensors_file& file) {
   const std::string where = "attnkit::coatnet::load_safetensors: " + file.path();
@@ -48,10 +49,10 @@ void load_safetensors(network<T, Arch>& net, const io::safetensors_file& file) {
       if (v.size() > 8) s += ", ...";
       return s;
     };
-    throw std::invalid_argument(where + ": checkpoint does not match the network (" +
-                                std::to_string(net.parameters().size()) + " parameters)" +
-                                list("missing", missing) + list("unexpected", extra) +
-                                list("mis-shaped", misshaped));
+    throw invalid_argument(where + ": checkpoint does not match the network (" +
+                           std::to_string(net.parameters().size()) + " parameters)" +
+                           list("missing", missing) + list("unexpected", extra) +
+                           list("mis-shaped", misshaped));
   }
   // read everything first: a read error leaves net unchanged
   const auto params = net.parameters();
