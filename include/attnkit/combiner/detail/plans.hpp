@@ -553,26 +553,42 @@ void combiner_logsparse(const combiner_head<T>& hd, combiner_workspace<Arch, T>&
 /// a(c) (c < count), (e, k~) = attention of q_a(c) over the line's first kend(c) keys with values
 /// (V, K), written to es/ks at summary index g(c). With `save`, the anchor's unnormalized state
 /// over the line (the direct part of its own query when the line is its own row or column) is
-/// also saved for the next pass.
+/// also saved for the next pass, at state index g(c).
 template <class Arch, class T, class A, class E, class G>
 void axial_summaries(const combiner_head<T>& hd, combiner_workspace<Arch, T>& w, index_t j0, index_t step,
                      index_t nkeys, index_t count, A&& anchor, E&& kend, G&& g, T* ks, T* es, bool save) {
   constexpr index_t Br = combiner_block<Arch, T>::Br;
   const index_t dk = hd.s.dk, dv = hd.s.dv;
   auto& blk = w.blk;
+  // A line read with a large stride (a column) is gathered first: its rows would all fall in the
+  // same few cache sets.
+  const T* kp = hd.k.ptr(hd.b, hd.hkv, j0, 0);
+  const T* vp = hd.v.ptr(hd.b, hd.hkv, j0, 0);
+  index_t kj = hd.k.stride(2) * step, kd = hd.k.stride(3), vj = hd.v.stride(2) * step, vd = hd.v.stride(3);
+  if (step != 1 && nkeys > 0) {
+    w.pk.resize(static_cast<std::size_t>(nkeys * dk));
+    w.pv.resize(static_cast<std::size_t>(nkeys * dv));
+    for (index_t t = 0; t < nkeys; ++t) {
+      copy_strided(kp + t * kj, kd, dk, w.pk.data() + t * dk);
+      copy_strided(vp + t * vj, vd, dv, w.pv.data() + t * dv);
+    }
+    kp = w.pk.data();
+    vp = w.pv.data();
+    kj = dk, kd = 1, vj = dv, vd = 1;
+  }
   for (index_t c0 = 0; c0 < count; c0 += Br) {
     const index_t n = std::min(Br, count - c0);
     hd.begin(
         blk, n, [&](index_t c) { return anchor(c0 + c); }, [&](index_t c) { return kend(c0 + c); });
-    const value_source<T> vv{hd.v.ptr(hd.b, hd.hkv, j0, 0), hd.v.stride(2) * step, hd.v.stride(3), dv, 0};
-    const value_source<T> vk{hd.k.ptr(hd.b, hd.hkv, j0, 0), hd.k.stride(2) * step, hd.k.stride(3), dk, dv};
-    blk.add2(hd.k.ptr(hd.b, hd.hkv, j0, 0), hd.k.stride(2) * step, hd.k.stride(3), vv, vk, 2, nkeys);
+    const value_source<T> vv{vp, vj, vd, dv, 0};
+    const value_source<T> vk{kp, kj, kd, dk, dv};
+    blk.add2(kp, kj, kd, vv, vk, 2, nkeys);
     blk.run();
     blk.finish_all(
         n, 0, dv, [&](index_t c) { return es + g(c0 + c) * dv; }, 1);
     blk.finish_all(
         n, dv, dk, [&](index_t c) { return ks + g(c0 + c) * dk; }, 1);
-    if (save) w.states.save_all(blk, n, [&](index_t c) { return anchor(c0 + c); });
+    if (save) w.states.save_all(blk, n, [&](index_t c) { return g(c0 + c); });
   }
 }
 
@@ -584,9 +600,12 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
   const bool causal = hd.causal;
   auto& blk = w.blk;
   auto& st = w.states;
-  st.resize(L, dv);
-  w.ks.resize(static_cast<std::size_t>(L * dk));
-  w.es.resize(static_cast<std::size_t>(L * dv));
+  // Saved states and summaries of (r, c) at r * mp + c: a padded row length, so that a column of
+  // them (stride mp rows) does not fall into a few cache sets when m is a power of two.
+  const index_t mp = m + 1;
+  st.resize(nr * mp, dv);
+  w.ks.resize(static_cast<std::size_t>(nr * mp * dk));
+  w.es.resize(static_cast<std::size_t>(nr * mp * dv));
   if (!col_major) {
     const index_t nvr = (len + m - 1) / m;  // rows holding keys
     // summaries (r', c): row r' seen from column c, bidirectional within the row. Bidirectional,
@@ -595,7 +614,7 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
       const index_t nk = std::min(len, (r + 1) * m) - r * m;
       axial_summaries(
           hd, w, r * m, 1, nk, m, [&](index_t c) { return r * m + c; }, [&](index_t) { return nk; },
-          [&](index_t c) { return r * m + c; }, w.ks.data(), w.es.data(), !causal);
+          [&](index_t c) { return r * mp + c; }, w.ks.data(), w.es.data(), !causal);
     }
     // pass A: the own row (causal: columns <= c); bidirectional rows without keys see nothing yet
     for (index_t r = causal ? 0 : nvr; r < nr; ++r) {
@@ -607,7 +626,7 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
             [&](index_t c) { return causal ? causal_count(c0 + c, 0, nk) : nk; });
         hd.add_keys(blk, r * m, nk);
         blk.run();
-        st.save_all(blk, n, [&](index_t c) { return r * m + c0 + c; });
+        st.save_all(blk, n, [&](index_t c) { return r * mp + c0 + c; });
       }
     }
     // pass B: down each column c, the summaries (r', c) of the other (causal: earlier) rows
@@ -617,10 +636,10 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
         hd.begin(
             blk, n, [&](index_t x) { return (r0 + x) * m + c; },
             [&](index_t x) { return causal ? std::min(r0 + x, nvr) : nvr; });
-        hd.add_summaries(blk, w.ks.data(), w.es.data(), c, nvr, m);
+        hd.add_summaries(blk, w.ks.data(), w.es.data(), c, nvr, mp);
         if (!causal)
           for (index_t x = 0; x < n && r0 + x < nvr; ++x) blk.restrict_row(r0 + x, ~(std::uint64_t(1) << x));
-        st.load_all(blk, n, [&](index_t x) { return (r0 + x) * m + c; });
+        st.load_all(blk, n, [&](index_t x) { return (r0 + x) * mp + c; });
         blk.run();
         hd.finish_all(blk, n, [&](index_t x) { return (r0 + x) * m + c; });
       }
@@ -636,8 +655,8 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
     const index_t nk = col_keys(c);
     auto anchor = [&](index_t r) { return r * m + c; };
     axial_summaries(
-        hd, w, c, m, nk, nr, anchor, [&](index_t r) { return causal ? causal_count(r, 0, nk) : nk; }, anchor,
-        w.ks.data(), w.es.data(), true);
+        hd, w, c, m, nk, nr, anchor, [&](index_t r) { return causal ? causal_count(r, 0, nk) : nk; },
+        [&](index_t r) { return r * mp + c; }, w.ks.data(), w.es.data(), true);
   }
   // pass B: along each row r, the summaries (r, c') of the other columns. Causal: exclusive
   // summaries (rows < r) first, visible to column c for c' > c, then inclusive ones (rows <= r),
@@ -649,8 +668,8 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
       hd.begin(
           blk, n, [&](index_t x) { return r * m + c0 + x; },
           [&](index_t x) { return causal ? ne + std::min(c0 + x, mv) : mv; });
-      if (ne > 0) hd.add_summaries(blk, w.ks.data(), w.es.data(), (r - 1) * m, ne);
-      hd.add_summaries(blk, w.ks.data(), w.es.data(), r * m, mv);
+      if (ne > 0) hd.add_summaries(blk, w.ks.data(), w.es.data(), (r - 1) * mp, ne);
+      hd.add_summaries(blk, w.ks.data(), w.es.data(), r * mp, mv);
       const std::uint64_t used = n >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << n) - 1;
       for (index_t cc = 0; cc < mv && (causal ? ne > 0 : true); ++cc) {
         std::uint64_t bits;  // columns x that may see this summary: c0 + x < cc, or c0 + x != cc
@@ -662,7 +681,7 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
         }
         if (bits != used) blk.restrict_row(cc, bits);
       }
-      st.load_all(blk, n, [&](index_t x) { return r * m + c0 + x; });
+      st.load_all(blk, n, [&](index_t x) { return r * mp + c0 + x; });
       blk.run();
       hd.finish_all(blk, n, [&](index_t x) { return r * m + c0 + x; });
     }
