@@ -146,9 +146,28 @@ class combiner_block {
     for (index_t e = 0; e < n; ++e) dst[e * ds] = cb_.ot.data()[(e0 + e) * cb_.ld + c] * inv;
   }
   /// The same for the columns c < ncols at once, column c to dst(c) (register-tile transposes when ds == 1).
+  /// Contiguous rows (ds == 1): the columns are scaled by 1 / l in the panel (contiguous, in
+  /// cache), then transposed, rather than scaling the written rows afterwards.
   template <class D>
   void finish_all(index_t ncols, index_t e0, index_t n, D&& dst, index_t ds) const {
-    write_columns<Arch>(cb_, e0, n, ncols, dst, ds);
+    if (ds != 1) {
+      write_columns<Arch>(cb_, e0, n, ncols, dst, ds);
+      return;
+    }
+    const index_t ld = cb_.ld;
+    inv_.resize(static_cast<std::size_t>(Br));
+    fin_.resize(static_cast<std::size_t>(dv_ * Br));
+    T* inv = inv_.data();
+    T* fin = fin_.data();
+    for (index_t c = 0; c < ld; ++c) {
+      const T l = cb_.l.data()[c];
+      inv[c] = c < ncols && l > T(0) ? T(1) / l : T(0);
+    }
+    const T* ot = cb_.ot.data() + e0 * ld;
+    for (index_t e = 0; e < n; ++e)
+      for (index_t c = 0; c < ld; c += B::size)
+        (B::load(ot + e * ld + c) * B::load(inv + c)).store(fin + e * ld + c);
+    panel_to_rows<Arch, T>(ncols, n, fin, ld, dst);
   }
   /// Saves the states of the columns c < ncols: O rows [0, n) to o(c), m and l to m(c), l(c).
   template <class O, class M, class Lf>
@@ -175,6 +194,7 @@ class combiner_block {
   std::vector<panel_run<T>> runs_;
   std::vector<std::uint64_t> masks_;
   index_t rows_ = 0;
+  mutable std::vector<T> inv_, fin_;  // finish_all scratch
 };
 
 /// Saved online-softmax states of the L queries of one (batch, head) between passes.

@@ -584,11 +584,23 @@ void axial_summaries(const combiner_head<T>& hd, combiner_workspace<Arch, T>& w,
     const value_source<T> vk{kp, kj, kd, dk, dv};
     blk.add2(kp, kj, kd, vv, vk, 2, nkeys);
     blk.run();
-    blk.finish_all(
-        n, 0, dv, [&](index_t c) { return es + g(c0 + c) * dv; }, 1);
+    if (save) {  // the state, then e = O / l from its rows (one transpose fewer)
+      auto& st = w.states;
+      st.save_all(blk, n, [&](index_t c) { return g(c0 + c); });
+      for (index_t c = 0; c < n; ++c) {
+        const index_t x = g(c0 + c);
+        const T l = st.l[static_cast<std::size_t>(x)];
+        const T inv = l > T(0) ? T(1) / l : T(0);
+        const T* o = st.o.data() + x * dv;
+        T* e = es + x * dv;
+        for (index_t q = 0; q < dv; ++q) e[q] = o[q] * inv;
+      }
+    } else {
+      blk.finish_all(
+          n, 0, dv, [&](index_t c) { return es + g(c0 + c) * dv; }, 1);
+    }
     blk.finish_all(
         n, dv, dk, [&](index_t c) { return ks + g(c0 + c) * dk; }, 1);
-    if (save) w.states.save_all(blk, n, [&](index_t c) { return g(c0 + c); });
   }
 }
 
