@@ -198,6 +198,12 @@ void accumulate_rows(index_t n, index_t d, const T* p, R&& row, T alpha, T* o) {
   }
 }
 
+// GCC reports the never-taken remainder loops of rows_to_panel (C is whole tiles) inlined into
+// combiner_logsparse as undefined behavior at absurd trip counts.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Waggressive-loop-optimizations"
+#endif
 /// logsparse, on chunks of C = 16 aligned positions. Query i's augmented keys are its own key and,
 /// at each level l (blocks of 2^l), the summary of the sibling of its block: one softmax over at
 /// most log2(L) + 2 entries. Levels below C have their blocks (and siblings) inside the chunk:
@@ -547,6 +553,10 @@ void combiner_logsparse(const combiner_head<T>& hd, combiner_workspace<Arch, T>&
   }
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // axial(rows, cols, row_major | col_major)
 /// Anchored summaries over one line of keys (a row, or a column read with stride m): for anchors
@@ -608,7 +618,7 @@ template <class Arch, class T>
 void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_major,
                     combiner_workspace<Arch, T>& w) {
   constexpr index_t Br = combiner_block<Arch, T>::Br;
-  const index_t L = hd.L(), len = hd.len, dk = hd.s.dk, dv = hd.s.dv;
+  const index_t len = hd.len, dk = hd.s.dk, dv = hd.s.dv;
   const bool causal = hd.causal;
   auto& blk = w.blk;
   auto& st = w.states;
