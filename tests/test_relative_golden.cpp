@@ -1,7 +1,8 @@
 // attnkit tests: CoAtNet's relative attention and table resizing against golden data computed by
 // PyTorch (tools/relative_golden.py -> tests/data/relative_golden.txt): the bicubic resize of
 // timm's resize_rel_pos_bias_table_simple, and attention with the bias gathered the way timm's
-// RelPosBias gathers it, pre- and post-softmax, for both offset conventions.
+// RelPosBias gathers it, pre- and post-softmax, for both offset conventions; and timm's own
+// Attention2d module with RelPosBias (tools/relative_timm_golden.py).
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -120,3 +121,66 @@ TEST_CASE("relative golden: relative_attention_2d equals torch with timm's bias 
   }
   CHECK(n == 8);
 }
+
+#if ATTNKIT_HAVE_NLOHMANN_JSON
+#include <attnkit/coatnet/ops.hpp>
+#include <attnkit/io/safetensors.hpp>
+
+// timm's own Attention2d + RelPosBias (tools/relative_timm_golden.py, float64, non-square grids,
+// several heads): qkv 1x1 conv, relative_attention_2d on q, k, v read in place from the head-first
+// channels with timm's table transposed to [heads, 2H - 1, 2W - 1] (query minus key, pre-softmax),
+// proj 1x1 conv. Float within 1e-5 of the output's largest magnitude, double within 2e-7 (the
+// golden values are stored as float32).
+TEST_CASE("relative attention reproduces timm's Attention2d with RelPosBias", "[relative][golden]") {
+  namespace co = attnkit::coatnet;
+  const attnkit::io::safetensors_file f(std::string(ATTNKIT_TEST_DATA_DIR) +
+                                        "/relative_timm_golden.safetensors");
+  struct cs {
+    const char* name;
+    index_t B, cin, cout, dh, H, W;
+  };
+  const cs cases[] = {{"a", 2, 24, 24, 8, 5, 7}, {"b", 1, 16, 32, 4, 3, 9}, {"c", 1, 32, 32, 32, 7, 7}};
+  auto run = [&](auto tag, double tol) {
+    using T = decltype(tag);
+    for (const cs& c : cases) {
+      const std::string n = c.name;
+      const auto x = f.read_tensor<T, 4>(n + ".x");  // NCHW
+      const auto wq = f.read_tensor<T, 4>(n + ".qkv.weight");
+      const auto bq = f.read_tensor<T, 1>(n + ".qkv.bias");
+      const auto wp = f.read_tensor<T, 4>(n + ".proj.weight");
+      const auto bp = f.read_tensor<T, 1>(n + ".proj.bias");
+      const auto t = f.read_tensor<T, 2>(n + ".table");  // [(2H - 1)(2W - 1), heads]
+      const auto ref = f.read_tensor<double, 4>(n + ".out");
+      const index_t B = c.B, H = c.H, W = c.W, L = H * W, A = c.cin, heads = A / c.dh, dh = c.dh;
+      REQUIRE(t.extent(1) == heads);
+      const view<const T, 4> xv(x.data(), {B, H, W, c.cin}, {c.cin * L, W, 1, L});
+      attnkit::tensor<T, 4> qkv({B, H, W, 3 * A}), ao({B, H, W, A}), out({B, H, W, c.cout});
+      co::conv2d(xv, wq.cview(), bq.cview(), qkv.view(), 1, 0);
+      attnkit::tensor<T, 3> table({heads, 2 * H - 1, 2 * W - 1});
+      for (index_t h = 0; h < heads; ++h)
+        for (index_t y = 0; y < 2 * H - 1; ++y)
+          for (index_t z = 0; z < 2 * W - 1; ++z) table(h, y, z) = t(y * (2 * W - 1) + z, h);
+      const std::array<index_t, 4> e{B, heads, L, dh}, s{L * 3 * A, 3 * dh, 3 * A, 1};
+      attnkit::relative_options ro;
+      ro.offset = attnkit::relative_offset::query_minus_key;
+      attnkit::relative_attention_2d(
+          view<const T, 4>(qkv.data(), e, s), view<const T, 4>(qkv.data() + dh, e, s),
+          view<const T, 4>(qkv.data() + 2 * dh, e, s), table.cview(), attnkit::relative_grid{H, W},
+          view<T, 4>(ao.data(), e, {L * A, dh, A, 1}), ro);
+      co::conv2d(ao.cview(), wp.cview(), bp.cview(), out.view(), 1, 0);
+      double num = 0, den = 0;
+      for (index_t b = 0; b < B; ++b)
+        for (index_t o = 0; o < c.cout; ++o)
+          for (index_t y = 0; y < H; ++y)
+            for (index_t z = 0; z < W; ++z) {
+              num = std::max(num, std::fabs(static_cast<double>(out(b, y, z, o)) - ref(b, o, y, z)));
+              den = std::max(den, std::fabs(ref(b, o, y, z)));
+            }
+      CAPTURE(n, num / den);
+      CHECK(num <= tol * den);
+    }
+  };
+  run(float{}, 1e-5);
+  run(double{}, 2e-7);
+}
+#endif  // ATTNKIT_HAVE_NLOHMANN_JSON
