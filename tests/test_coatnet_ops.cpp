@@ -250,7 +250,7 @@ TEST_CASE("squeeze_excitation, layer_norm, pooling vs fp64 loops", "[coatnet_ops
   auto g = seeded_rng(606);
   for (auto ext : {std::array<index_t, 4>{2, 7, 5, 21}, std::array<index_t, 4>{1, 4, 6, 8},
                    std::array<index_t, 4>{3, 1, 3, 5}}) {
-    const index_t B = ext[0], H = ext[1], W = ext[2], C = ext[3], R = std::max<index_t>(1, C / 4);
+    const index_t B = ext[0], C = ext[3], R = std::max<index_t>(1, C / 4);
     const dtensor x = rnd<4>(ext, g, -2, 2);
     const dtensor w1 = rnd<4>({R, C, 1, 1}, g), w2 = rnd<4>({C, R, 1, 1}, g);
     const dvec b1 = rnd<1>({R}, g), b2 = rnd<1>({C}, g), gamma = rnd<1>({C}, g), beta = rnd<1>({C}, g);

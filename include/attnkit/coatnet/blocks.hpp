@@ -104,13 +104,17 @@ class parameter_set {
     });
     detail::require(data != nullptr || count == 0, where, "data is null");
     p.data.assign(data, data + count);
+    if (!p.loaded) ++loaded_;
     p.loaded = true;
   }
 
+  /// True when every parameter is set.
+  bool complete() const { return loaded_ == order_.size(); }
+
   /// Throws invalid_argument unless every parameter is set.
   void require_loaded(const char* where) const {
-    const std::vector<std::string> m = missing();
-    detail::require(m.empty(), where, [&] {
+    detail::require(complete(), where, [&] {
+      const std::vector<std::string> m = missing();
       return std::to_string(m.size()) + " parameters are not loaded, e.g. \"" + m.front() + "\"";
     });
   }
@@ -153,6 +157,7 @@ class parameter_set {
   };
   std::vector<std::string> order_;
   std::map<std::string, entry> params_;
+  std::size_t loaded_ = 0;  ///< entries with loaded set
 };
 
 namespace detail_net {
@@ -337,6 +342,7 @@ class block_base {
   /// The block's parameters (timm names inside the block, e.g. "conv1_1x1.weight") and shapes.
   typename parameter_set<T>::list parameters() const { return ps_.parameters(); }
   std::vector<std::string> missing_parameters() const { return ps_.missing(); }
+  bool loaded() const { return ps_.complete(); }
   const std::vector<index_t>* parameter_shape(const std::string& name) const { return ps_.shape(name); }
 
  protected:

@@ -117,6 +117,14 @@ class network {
     return out;
   }
 
+  /// True when every parameter is set.
+  bool loaded() const {
+    if (!stem_.complete() || !head_.complete()) return false;
+    for (const stage_block& b : blocks_)
+      if (!(b.type == block_type::mbconv ? mb_[b.index].loaded() : tb_[b.index].loaded())) return false;
+    return true;
+  }
+
   /// The shape of parameter `name`, or null when the network has no such parameter.
   const std::vector<index_t>* parameter_shape(const std::string& name) const {
     if (const std::vector<index_t>* s = stem_.shape(name)) return s;
@@ -187,8 +195,8 @@ class network {
     detail::check_shape(logits, std::array<index_t, 2>{B, cfg_.num_classes}, where, "logits");
     detail::check_output(logits, where);
     detail::check_threads(threads, where);
-    const std::vector<std::string> missing = missing_parameters();
-    detail::require(missing.empty(), where, [&] {
+    detail::require(loaded(), where, [&] {  // the list only when something is missing
+      const std::vector<std::string> missing = missing_parameters();
       return std::to_string(missing.size()) + " parameters are not loaded, e.g. \"" + missing.front() + "\"";
     });
     if (!prepared_) prepare();
@@ -298,11 +306,8 @@ class network {
   }
 
   packed pack_linear(const std::string& p) const {
-    const tensor_view<const T, 2> w = head_.template view<2>(p + ".weight");
-    const tensor_view<const T, 1> b = head_.template view<1>(p + ".bias");
-    return detail::pack_weights<Arch, T>(
-        w.extent(0), w.extent(1), [&](index_t o, index_t i) { return w(o, i); },
-        [&](index_t o) { return b(o); });
+    return detail_ops::pack_linear<Arch, T>(head_.template view<2>(p + ".weight"),
+                                            head_.optional(p + ".bias"));
   }
 
   /// Folds the stem's batch norm and packs the stem's and head's weights (the blocks pack their

@@ -108,6 +108,14 @@ packed_weights<T> pack_conv(const tensor_view<const T, 4>& w, const tensor_view<
       [&](index_t o) { return bias.data() ? bias(o) : T(0); });
 }
 
+/// Linear weights [out, in] and bias (empty: 0) packed for the block product.
+template <class Arch, class T>
+packed_weights<T> pack_linear(const tensor_view<const T, 2>& w, const tensor_view<const T, 1>& bias) {
+  return pack_weights<Arch, T>(
+      w.extent(0), w.extent(1), [&](index_t o, index_t i) { return w(o, i); },
+      [&](index_t o) { return bias.data() ? bias(o) : T(0); });
+}
+
 /// True when the pixels of x (b, h, w) are equally spaced: a 1x1 convolution reads x in place.
 template <class T>
 bool uniform_pixels(const tensor_view<const T, 4>& x) {
@@ -331,9 +339,7 @@ void linear(tensor_view<const detail::identity_t<T>, 2> x, tensor_view<const det
   check_activation(act, where);
   check_threads(threads, where);
   if (out.empty()) return;
-  const packed_weights<T> pw = pack_weights<Arch, T>(
-      no, in, [&](index_t o, index_t i) { return weight(o, i); },
-      [&](index_t o) { return bias.data() ? bias(o) : T(0); });
+  const packed_weights<T> pw = pack_linear<Arch, T>(weight, bias);
   constexpr index_t chunk = 64;
   const index_t ntasks = (n + chunk - 1) / chunk;
   const int nt = resolve_threads(threads, ntasks);
