@@ -38,7 +38,7 @@ void combiner_attention(tensor_view<const detail::identity_t<T>, 4> q,
   const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out);
   const detail::combiner_call call = detail::check_combiner(where, s, k, plan, options);
   if (out.empty()) return;
-  const index_t L = s.Lq, G = s.group();
+  const index_t G = s.group();
   auto len_of = [&](index_t b) {
     return options.mask.key_lengths ? static_cast<index_t>(options.mask.key_lengths(b)) : s.Lk;
   };
@@ -75,22 +75,12 @@ void combiner_attention(tensor_view<const detail::identity_t<T>, 4> q,
     } else if constexpr (std::is_same_v<Plan, combiner::logsparse>) {
       detail::combiner_logsparse(hd, w);
     } else if constexpr (std::is_same_v<Plan, combiner::axial>) {
+      // mixture: the row-major output, then the column-major one averaged into it
       const bool mixture = plan.order == combiner::axial_order::mixture;
       if (plan.order != combiner::axial_order::col_major)
-        detail::combiner_axial(hd, plan.rows, plan.cols, false, w);
-      if (plan.order != combiner::axial_order::row_major) {
-        if (mixture) {  // the column-major output into scratch, then the average of the two
-          w.mix.resize(static_cast<std::size_t>(L * s.dv));
-          hd.out = detail::row_view<T>{w.mix.data(), s.dv, 1};
-        }
-        detail::combiner_axial(hd, plan.rows, plan.cols, true, w);
-        if (mixture)
-          for (index_t i = 0; i < L; ++i)
-            for (index_t e = 0; e < s.dv; ++e) {
-              T& o = *(dst.row(i) + e * dst.se);
-              o = T(0.5) * (o + w.mix[static_cast<std::size_t>(i * s.dv + e)]);
-            }
-      }
+        detail::combiner_axial(hd, plan.rows, plan.cols, false, false, w);
+      if (plan.order != combiner::axial_order::row_major)
+        detail::combiner_axial(hd, plan.rows, plan.cols, true, mixture, w);
     } else {
       detail::combiner_learnable(hd, ids[static_cast<std::size_t>(b * s.Hkv + h / G)], call.span, w);
     }

@@ -5,13 +5,15 @@
 //   summary rows, or rows gathered into scratch). Column c sees the panel rows [0, kend[c]) (rows
 //   past it are never read into its output, not even NaN), minus the rows whose mask bit c is
 //   clear. The block products and the online softmax are the exact-attention kernel's
-//   (full/detail/flash.hpp: flash_step). A column's state (m, l, O) can be saved and loaded, so a
-//   query's augmented keys may be consumed in several passes with differently grouped columns.
+//   (full/detail/flash.hpp: flash_step). A column's state (normalized output, m, l) can be saved,
+//   and a later block over other keys finishes merged with it, so a query's augmented keys may
+//   be consumed in several passes with differently grouped columns.
 // * pooled_summary: the summary (k~, e) of one group whose summary query and key are pooled
 //   from its members: e = sum_j softmax_j(scale q~ . k_j) v_j, one matrix-vector pass per group.
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -169,22 +171,64 @@ class combiner_block {
         (B::load(ot + e * ld + c) * B::load(inv + c)).store(fin + e * ld + c);
     panel_to_rows<Arch, T>(ncols, n, fin, ld, dst);
   }
-  /// Saves the states of the columns c < ncols: O rows [0, n) to o(c), m and l to m(c), l(c).
-  template <class O, class M, class Lf>
-  void save_all(index_t ncols, index_t n, O&& o, M&& m, Lf&& l) const {
-    panel_to_rows<Arch, T>(ncols, n, cb_.ot.data(), cb_.ld, o);
-    for (index_t c = 0; c < ncols; ++c) {
-      m(c) = cb_.m.data()[c];
-      l(c) = cb_.l.data()[c];
+  /// Column c's running max and sum (of exp2 of the logits shifted by the max).
+  T max_of(index_t c) const { return cb_.m.data()[c]; }
+  T sum_of(index_t c) const { return cb_.l.data()[c]; }
+
+  /// Finishes the columns c < ncols as if each had continued from a state saved earlier (the
+  /// normalized output rows ea(c)[0, n) that finish_all wrote, and max_of / sum_of as ma(c), la(c)):
+  /// the two online softmaxes merge into r = (wa ea(c) + wb O[:, c]) / (wa la + wb l), with
+  /// wa = exp2(ma - M) la, wb = exp2(m - M), M the larger max; r is written to dst(c)[e * ds], or
+  /// with `blend`, (dst(c)[e * ds] + r) / 2. A saved state with la == 0 (no key) is not read.
+  template <class D, class EA, class MA, class LA>
+  void finish_merged(index_t ncols, index_t n, D&& dst, index_t ds, EA&& ea, MA&& ma, LA&& la,
+                     bool blend) const {
+    const index_t ld = cb_.ld;
+    inv_.resize(static_cast<std::size_t>(2 * Br));
+    fin_.resize(static_cast<std::size_t>(dv_ * Br));
+    tmp_.resize(static_cast<std::size_t>(dv_ * Br));
+    T* cbv = inv_.data();  // the weight of this block's O, per column
+    T* cav = cbv + Br;     // the weight of the saved rows
+    for (index_t c = 0; c < ld; ++c) {
+      cbv[c] = cav[c] = T(0);
+      if (c >= ncols) continue;
+      const T mb = cb_.m.data()[c], lb = cb_.l.data()[c], m0 = ma(c), l0 = la(c);
+      const T M = l0 > T(0) && lb > T(0) ? std::max(m0, mb) : (l0 > T(0) ? m0 : mb);
+      const T wa = l0 > T(0) ? std::exp2(m0 - M) * l0 : T(0);
+      const T wb = lb > T(0) ? std::exp2(mb - M) : T(0);
+      const T den = wa + wb * lb;
+      if (den > T(0)) {
+        cav[c] = wa / den;
+        cbv[c] = wb / den;
+      }
     }
-  }
-  /// Continues the columns c < ncols from saved states (after begin, before run).
-  template <class O, class M, class Lf>
-  void load_all(index_t ncols, index_t n, O&& o, M&& m, Lf&& l) {
-    rows_to_panel<Arch, T>(ncols, n, o, cb_.ot.data(), cb_.ld);
+    const T* ot = cb_.ot.data();
+    T* fin = fin_.data();
+    for (index_t e = 0; e < n; ++e)
+      for (index_t c = 0; c < ld; c += B::size)
+        (B::load(ot + e * ld + c) * B::load(cbv + c)).store(fin + e * ld + c);
+    T* tmp = tmp_.data();
+    panel_to_rows<Arch, T>(ncols, n, fin, ld, [&](index_t c) { return tmp + c * n; });
+    constexpr index_t W = B::size;
     for (index_t c = 0; c < ncols; ++c) {
-      cb_.m.data()[c] = m(c);
-      cb_.l.data()[c] = l(c);
+      T* d = dst(c);
+      T* t = tmp + c * n;
+      const T a = cav[c];
+      if (a != T(0)) {
+        const T* x = ea(c);
+        index_t e = 0;
+        for (; e + W <= n; e += W) fma(B::broadcast(a), B::load(x + e), B::load(t + e)).store(t + e);
+        for (; e < n; ++e) t[e] += a * x[e];
+      }
+      if (ds == 1 && blend) {
+        index_t e = 0;
+        for (; e + W <= n; e += W) ((B::load(d + e) + B::load(t + e)) * B::broadcast(T(0.5))).store(d + e);
+        for (; e < n; ++e) d[e] = T(0.5) * (d[e] + t[e]);
+      } else if (ds == 1) {
+        std::copy(t, t + n, d);
+      } else {
+        for (index_t e = 0; e < n; ++e) d[e * ds] = blend ? T(0.5) * (d[e * ds] + t[e]) : t[e];
+      }
     }
   }
 
@@ -194,34 +238,46 @@ class combiner_block {
   std::vector<panel_run<T>> runs_;
   std::vector<std::uint64_t> masks_;
   index_t rows_ = 0;
-  mutable std::vector<T> inv_, fin_;  // finish_all scratch
+  mutable std::vector<T> inv_, fin_, tmp_;  // finish_all / finish_merged scratch
 };
 
-/// Saved online-softmax states of the L queries of one (batch, head) between passes.
+/// Saved online-softmax states of the queries of one (batch, head) between passes: normalized
+/// output rows (finish_all), max and sum. A later pass over other keys runs a fresh block and
+/// merges with them (combiner_block::finish_merged).
 template <class T>
 struct combiner_states {
-  std::vector<T> o, m, l;
+  std::vector<T> e, m, l;
   index_t dv = 0;
   void resize(index_t L, index_t dv_) {
     dv = dv_;
-    o.resize(static_cast<std::size_t>(L * dv));
+    e.resize(static_cast<std::size_t>(L * dv));
     m.resize(static_cast<std::size_t>(L));
     l.resize(static_cast<std::size_t>(L));
   }
-  /// The states of the columns c < n, of the queries idx(c).
+  /// The max and sum of the columns c < n, of the queries idx(c).
+  template <class Arch, class I>
+  void save_stats(const combiner_block<Arch, T>& blk, index_t n, I&& idx) {
+    for (index_t c = 0; c < n; ++c) {
+      m[static_cast<std::size_t>(idx(c))] = blk.max_of(c);
+      l[static_cast<std::size_t>(idx(c))] = blk.sum_of(c);
+    }
+  }
+  /// The whole states (output rows to e) of the columns c < n, of the queries idx(c).
   template <class Arch, class I>
   void save_all(const combiner_block<Arch, T>& blk, index_t n, I&& idx) {
-    blk.save_all(
-        n, dv, [&](index_t c) { return o.data() + idx(c) * dv; },
-        [&](index_t c) -> T& { return m[static_cast<std::size_t>(idx(c))]; },
-        [&](index_t c) -> T& { return l[static_cast<std::size_t>(idx(c))]; });
+    blk.finish_all(
+        n, 0, dv, [&](index_t c) { return e.data() + idx(c) * dv; }, 1);
+    save_stats(blk, n, idx);
   }
-  template <class Arch, class I>
-  void load_all(combiner_block<Arch, T>& blk, index_t n, I&& idx) const {
-    blk.load_all(
-        n, dv, [&](index_t c) { return o.data() + idx(c) * dv; },
+  /// Finishes the columns c < n, merged with the saved states idx(c) whose output rows are at
+  /// rows + idx(c) * dv (e, or where save_stats' block wrote them), into dst(c)[p * ds].
+  template <class Arch, class I, class D>
+  void finish_merged(const combiner_block<Arch, T>& blk, index_t n, I&& idx, const T* rows, D&& dst, index_t ds,
+                     bool blend) const {
+    blk.finish_merged(
+        n, dv, dst, ds, [&](index_t c) { return rows + idx(c) * dv; },
         [&](index_t c) { return m[static_cast<std::size_t>(idx(c))]; },
-        [&](index_t c) { return l[static_cast<std::size_t>(idx(c))]; });
+        [&](index_t c) { return l[static_cast<std::size_t>(idx(c))]; }, blend);
   }
 };
 
@@ -232,6 +288,29 @@ inline void copy_strided(const T* src, index_t stride, index_t n, T* dst) {
     std::copy(src, src + n, dst);
   else
     for (index_t p = 0; p < n; ++p) dst[p] = src[p * stride];
+}
+
+/// Prefetches the cache lines of n elements at p (contiguous).
+template <class T>
+inline void prefetch_row(const T* p, index_t n) {
+#if defined(__GNUC__)
+  const char* c = reinterpret_cast<const char*>(p);
+  for (index_t b = 0; b < n * static_cast<index_t>(sizeof(T)); b += 64) __builtin_prefetch(c + b, 0, 3);
+#else
+  (void)p, (void)n;
+#endif
+}
+
+/// Copies n rows of d elements (src + t * sj, elements at stride sd) to dst + t * d. For rows read
+/// with a large stride (a column of a matrix) that defeats the hardware prefetchers, the rows a
+/// few ahead are prefetched.
+template <class T>
+inline void gather_rows(const T* src, index_t sj, index_t sd, index_t d, index_t n, T* dst) {
+  constexpr index_t ahead = 6;
+  for (index_t t = 0; t < n; ++t) {
+    if (sd == 1 && t + ahead < n) prefetch_row(src + (t + ahead) * sj, d);
+    copy_strided(src + t * sj, sd, d, dst + t * d);
+  }
 }
 
 /// Scratch of pooled_summary.

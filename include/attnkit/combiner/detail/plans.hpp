@@ -23,7 +23,7 @@ struct combiner_workspace {
   combiner_block<Arch, T> blk;
   combiner_states<T> states;
   summary_scratch<T> sum;
-  std::vector<T> ks, es, pk, pv, mix;
+  std::vector<T> ks, es, pk, pv;
   std::vector<index_t> idx;
   index_t dk, dv;
   combiner_workspace(index_t dk_, index_t dv_) : blk(dk_, dv_ + dk_), dk(dk_), dv(dv_) {}
@@ -112,6 +112,14 @@ struct combiner_head {
   void finish_all(const combiner_block<Arch, T>& blk, index_t n, I&& idx) const {
     blk.finish_all(
         n, 0, s.dv, [&](index_t c) { return out.row(idx(c)); }, out.se);
+  }
+  /// The same, merged with the saved states sidx(c) of `st` whose output rows are at `rows`
+  /// (combiner_states::finish_merged); with `blend`, averaged with what the outputs hold.
+  template <class Arch, class I, class J>
+  void finish_merged(const combiner_block<Arch, T>& blk, index_t n, const combiner_states<T>& st, J&& sidx,
+                     const T* rows, I&& idx, bool blend = false) const {
+    st.finish_merged(
+        blk, n, sidx, rows, [&](index_t c) { return out.row(idx(c)); }, out.se, blend);
   }
 };
 
@@ -578,10 +586,8 @@ void axial_summaries(const combiner_head<T>& hd, combiner_workspace<Arch, T>& w,
   if (step != 1 && nkeys > 0) {
     w.pk.resize(static_cast<std::size_t>(nkeys * dk));
     w.pv.resize(static_cast<std::size_t>(nkeys * dv));
-    for (index_t t = 0; t < nkeys; ++t) {
-      copy_strided(kp + t * kj, kd, dk, w.pk.data() + t * dk);
-      copy_strided(vp + t * vj, vd, dv, w.pv.data() + t * dv);
-    }
+    gather_rows(kp, kj, kd, dk, nkeys, w.pk.data());
+    gather_rows(vp, vj, vd, dv, nkeys, w.pv.data());
     kp = w.pk.data();
     vp = w.pv.data();
     kj = dk, kd = 1, vj = dv, vd = 1;
@@ -594,28 +600,17 @@ void axial_summaries(const combiner_head<T>& hd, combiner_workspace<Arch, T>& w,
     const value_source<T> vk{kp, kj, kd, dk, dv};
     blk.add2(kp, kj, kd, vv, vk, 2, nkeys);
     blk.run();
-    if (save) {  // the state, then e = O / l from its rows (one transpose fewer)
-      auto& st = w.states;
-      st.save_all(blk, n, [&](index_t c) { return g(c0 + c); });
-      for (index_t c = 0; c < n; ++c) {
-        const index_t x = g(c0 + c);
-        const T l = st.l[static_cast<std::size_t>(x)];
-        const T inv = l > T(0) ? T(1) / l : T(0);
-        const T* o = st.o.data() + x * dv;
-        T* e = es + x * dv;
-        for (index_t q = 0; q < dv; ++q) e[q] = o[q] * inv;
-      }
-    } else {
-      blk.finish_all(
-          n, 0, dv, [&](index_t c) { return es + g(c0 + c) * dv; }, 1);
-    }
+    // e: also the saved state's output rows, with its max and sum
+    if (save) w.states.save_stats(blk, n, [&](index_t c) { return g(c0 + c); });
+    blk.finish_all(
+        n, 0, dv, [&](index_t c) { return es + g(c0 + c) * dv; }, 1);
     blk.finish_all(
         n, dv, dk, [&](index_t c) { return ks + g(c0 + c) * dk; }, 1);
   }
 }
 
 template <class Arch, class T>
-void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_major,
+void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_major, bool blend,
                     combiner_workspace<Arch, T>& w) {
   constexpr index_t Br = combiner_block<Arch, T>::Br;
   const index_t len = hd.len, dk = hd.s.dk, dv = hd.s.dv;
@@ -639,7 +634,12 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
           [&](index_t c) { return r * mp + c; }, w.ks.data(), w.es.data(), !causal);
     }
     // pass A: the own row (causal: columns <= c); bidirectional rows without keys see nothing yet
-    for (index_t r = causal ? 0 : nvr; r < nr; ++r) {
+    if (!causal)
+      for (index_t x = nvr * mp; x < nr * mp; ++x) {
+        st.m[static_cast<std::size_t>(x)] = -std::numeric_limits<T>::infinity();
+        st.l[static_cast<std::size_t>(x)] = T(0);
+      }
+    for (index_t r = causal ? 0 : nr; r < nr; ++r) {
       const index_t nk = std::clamp<index_t>(len - r * m, 0, m);
       for (index_t c0 = 0; c0 < m; c0 += Br) {
         const index_t n = std::min(Br, m - c0);
@@ -652,7 +652,8 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
       }
     }
     // pass B: down each column c, the summaries (r', c) of the other (causal: earlier) rows
-    for (index_t c = 0; c < m; ++c)
+    const T* erows = causal ? st.e.data() : w.es.data();
+    for (index_t c = 0; c < m; ++c) {
       for (index_t r0 = 0; r0 < nr; r0 += Br) {
         const index_t n = std::min(Br, nr - r0);
         hd.begin(
@@ -661,10 +662,12 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
         hd.add_summaries(blk, w.ks.data(), w.es.data(), c, nvr, mp);
         if (!causal)
           for (index_t x = 0; x < n && r0 + x < nvr; ++x) blk.restrict_row(r0 + x, ~(std::uint64_t(1) << x));
-        st.load_all(blk, n, [&](index_t x) { return (r0 + x) * mp + c; });
         blk.run();
-        hd.finish_all(blk, n, [&](index_t x) { return (r0 + x) * m + c; });
+        hd.finish_merged(
+            blk, n, st, [&](index_t x) { return (r0 + x) * mp + c; }, erows,
+            [&](index_t x) { return (r0 + x) * m + c; }, blend);
       }
+    }
     return;
   }
   // column-major: column c' holds the keys c', c' + m, ... below len
@@ -703,9 +706,10 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
         }
         if (bits != used) blk.restrict_row(cc, bits);
       }
-      st.load_all(blk, n, [&](index_t x) { return r * mp + c0 + x; });
       blk.run();
-      hd.finish_all(blk, n, [&](index_t x) { return r * m + c0 + x; });
+      hd.finish_merged(
+          blk, n, st, [&](index_t x) { return r * mp + c0 + x; }, w.es.data(),
+          [&](index_t x) { return r * m + c0 + x; }, blend);
     }
 }
 
@@ -949,9 +953,8 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
       hd.begin(blk, n, qi,
                [&](index_t x) { return seg_end[static_cast<std::size_t>(std::min(qi(x) / s, last))]; });
       hd.add_summaries(blk, w.pk.data(), w.pv.data(), 0, r);
-      st.load_all(blk, n, qi);
       blk.run();
-      hd.finish_all(blk, n, qi);
+      hd.finish_merged(blk, n, st, qi, st.e.data(), qi);
     }
   }
 }
