@@ -272,8 +272,8 @@ struct combiner_states {
   /// Finishes the columns c < n, merged with the saved states idx(c) whose output rows are at
   /// rows + idx(c) * dv (e, or where save_stats' block wrote them), into dst(c)[p * ds].
   template <class Arch, class I, class D>
-  void finish_merged(const combiner_block<Arch, T>& blk, index_t n, I&& idx, const T* rows, D&& dst, index_t ds,
-                     bool blend) const {
+  void finish_merged(const combiner_block<Arch, T>& blk, index_t n, I&& idx, const T* rows, D&& dst,
+                     index_t ds, bool blend) const {
     blk.finish_merged(
         n, dv, dst, ds, [&](index_t c) { return rows + idx(c) * dv; },
         [&](index_t c) { return m[static_cast<std::size_t>(idx(c))]; },
