@@ -4,6 +4,8 @@
 // transpose and W stores; edges and types without a register transpose go element by element.
 #pragma once
 
+#include <algorithm>
+
 #include "config.hpp"
 #include "simd.hpp"
 
@@ -83,6 +85,21 @@ struct tile_transpose<simd::avx512, float> {
 };
 #endif
 
+/// Prefetches the cache lines of n contiguous elements at p (for writing: `write`).
+template <class T>
+inline void prefetch_elements(const T* p, index_t n, bool write = false) {
+#if defined(__GNUC__)
+  const char* c = reinterpret_cast<const char*>(p);
+  const index_t bytes = n * static_cast<index_t>(sizeof(T));
+  if (write)
+    for (index_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 1, 3);
+  else
+    for (index_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 0, 3);
+#else
+  (void)p, (void)n, (void)write;
+#endif
+}
+
 /// panel[j * ld + i] = row(i)[j] for i < ni, j < nj.
 template <class Arch, class T, class Row>
 void rows_to_panel(index_t ni, index_t nj, Row&& row, T* panel, index_t ld) {
@@ -93,6 +110,8 @@ void rows_to_panel(index_t ni, index_t nj, Row&& row, T* panel, index_t ld) {
   index_t i0 = 0;
   for (; i0 + W <= ni; i0 += W) {
     for (int i = 0; i < W; ++i) src[i] = row(i0 + i);
+    // the next tile's rows: rows far apart (a column of a matrix) defeat the hardware prefetchers
+    for (index_t i = i0 + W; i < std::min(ni, i0 + 2 * W); ++i) prefetch_elements(row(i), nj);
     index_t j0 = 0;
     for (; j0 + W <= nj; j0 += W) {
       const T* s[W];
@@ -121,6 +140,7 @@ void panel_to_rows(index_t ni, index_t nj, const T* panel, index_t ld, Row&& row
   index_t i0 = 0;
   for (; i0 + W <= ni; i0 += W) {
     for (int i = 0; i < W; ++i) dst[i] = row(i0 + i);
+    for (index_t i = i0 + W; i < std::min(ni, i0 + 2 * W); ++i) prefetch_elements(row(i), nj, true);
     index_t j0 = 0;
     for (; j0 + W <= nj; j0 += W) {
       T* d[W];

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -58,9 +59,10 @@ class combiner_block {
   combiner_block(index_t dk, index_t dv) : cb_(dk, dv, Br, Bc), dk_(dk), dv_(dv) {}
 
   /// Starts ncols columns: column c's query is qrow(c)[p * qs] (scaled here by qscale), it sees the
-  /// panel rows [0, kend(c)). The panel and the masks start empty.
+  /// panel rows [0, kend(c)). The panel and the masks start empty; the value rows [0, vrows) of O^T
+  /// (all: vrows < 0) start at zero, and only those may be written or finished.
   template <class Q, class E>
-  void begin(index_t ncols, Q&& qrow, index_t qs, T qscale, E&& kend) {
+  void begin(index_t ncols, Q&& qrow, index_t qs, T qscale, E&& kend, index_t vrows = -1) {
     cb_.ncols = ncols;
     cb_.ld = flash_width<T, Arch>(ncols);
     const index_t ld = cb_.ld;
@@ -78,7 +80,8 @@ class combiner_block {
     if (ncols == 0) cb_.kmin = 0;
     std::fill(cb_.m.data(), cb_.m.data() + ld, -std::numeric_limits<T>::infinity());
     std::fill(cb_.l.data(), cb_.l.data() + ld, T(0));
-    std::fill(cb_.ot.data(), cb_.ot.data() + dv_ * ld, T(0));
+    vrows_ = vrows < 0 ? dv_ : std::min(vrows, dv_);
+    std::fill(cb_.ot.data(), cb_.ot.data() + vrows_ * ld, T(0));
     runs_.clear();
     masks_.clear();
     rows_ = 0;
@@ -91,6 +94,7 @@ class combiner_block {
   index_t add2(const T* k, index_t sk_j, index_t sk_d, value_source<T> v0, value_source<T> v1, int nv,
                index_t n) {
     const index_t first = rows_;
+    assert(v0.row0 + v0.rows <= vrows_ && (nv < 2 || v1.row0 + v1.rows <= vrows_));
     if (n > 0) {
       runs_.push_back(panel_run<T>{k, sk_j, sk_d, {v0, v1}, nv, n});
       rows_ += n;
@@ -143,6 +147,7 @@ class combiner_block {
 
   /// Writes column c's normalized output rows [e0, e0 + n) to dst[(e - e0) * ds] (zeros when it saw nothing).
   void finish(index_t c, index_t e0, index_t n, T* dst, index_t ds) const {
+    assert(e0 + n <= vrows_);
     const T l = cb_.l.data()[c];
     const T inv = l > T(0) ? T(1) / l : T(0);
     for (index_t e = 0; e < n; ++e) dst[e * ds] = cb_.ot.data()[(e0 + e) * cb_.ld + c] * inv;
@@ -152,6 +157,7 @@ class combiner_block {
   /// cache), then transposed, rather than scaling the written rows afterwards.
   template <class D>
   void finish_all(index_t ncols, index_t e0, index_t n, D&& dst, index_t ds) const {
+    assert(e0 + n <= vrows_);
     if (ds != 1) {
       write_columns<Arch>(cb_, e0, n, ncols, dst, ds);
       return;
@@ -184,23 +190,34 @@ class combiner_block {
   void finish_merged(index_t ncols, index_t n, D&& dst, index_t ds, EA&& ea, MA&& ma, LA&& la,
                      bool blend) const {
     const index_t ld = cb_.ld;
-    inv_.resize(static_cast<std::size_t>(2 * Br));
+    inv_.resize(static_cast<std::size_t>(3 * Br));
     fin_.resize(static_cast<std::size_t>(dv_ * Br));
     tmp_.resize(static_cast<std::size_t>(dv_ * Br));
+    assert(n <= vrows_);
     T* cbv = inv_.data();  // the weight of this block's O, per column
     T* cav = cbv + Br;     // the weight of the saved rows
+    T* den = cav + Br;
+    for (index_t c = 0; c < ld; ++c) {  // the saved max and sum first (cav holds the max)
+      cav[c] = c < ncols ? ma(c) : T(0);
+      cbv[c] = c < ncols ? la(c) : T(0);
+    }
+    const B zero = B::zero();
+    for (index_t c = 0; c < ld; c += B::size) {
+      const B m0 = B::load(cav + c), l0 = B::load(cbv + c);
+      const B mb = B::load(cb_.m.data() + c), lb = B::load(cb_.l.data() + c);
+      const auto has0 = zero < l0, hasb = zero < lb;
+      // the larger max of the states that saw a key (exp2 of the other's difference is <= 1)
+      const B M = select(has0, select(hasb, max(m0, mb), m0), mb);
+      const B wa = select(has0, exp2_nonpositive(m0 - M) * l0, zero);
+      const B wb = select(hasb, exp2_nonpositive(mb - M), zero);
+      wa.store(cav + c);
+      wb.store(cbv + c);
+      fma(wb, lb, wa).store(den + c);
+    }
     for (index_t c = 0; c < ld; ++c) {
-      cbv[c] = cav[c] = T(0);
-      if (c >= ncols) continue;
-      const T mb = cb_.m.data()[c], lb = cb_.l.data()[c], m0 = ma(c), l0 = la(c);
-      const T M = l0 > T(0) && lb > T(0) ? std::max(m0, mb) : (l0 > T(0) ? m0 : mb);
-      const T wa = l0 > T(0) ? std::exp2(m0 - M) * l0 : T(0);
-      const T wb = lb > T(0) ? std::exp2(mb - M) : T(0);
-      const T den = wa + wb * lb;
-      if (den > T(0)) {
-        cav[c] = wa / den;
-        cbv[c] = wb / den;
-      }
+      const T inv = den[c] > T(0) ? T(1) / den[c] : T(0);
+      cav[c] *= inv;
+      cbv[c] *= inv;
     }
     const T* ot = cb_.ot.data();
     T* fin = fin_.data();
@@ -210,24 +227,34 @@ class combiner_block {
     T* tmp = tmp_.data();
     panel_to_rows<Arch, T>(ncols, n, fin, ld, [&](index_t c) { return tmp + c * n; });
     constexpr index_t W = B::size;
+    constexpr index_t ahead = 4;  // rows prefetched ahead: dst and ea may be columns of matrices
+    const B half = B::broadcast(T(0.5));
     for (index_t c = 0; c < ncols; ++c) {
-      T* d = dst(c);
-      T* t = tmp + c * n;
-      const T a = cav[c];
-      if (a != T(0)) {
-        const T* x = ea(c);
-        index_t e = 0;
-        for (; e + W <= n; e += W) fma(B::broadcast(a), B::load(x + e), B::load(t + e)).store(t + e);
-        for (; e < n; ++e) t[e] += a * x[e];
+      if (c + ahead < ncols) {
+        prefetch_elements(dst(c + ahead), ds == 1 ? n : 1, true);
+        if (cav[c + ahead] != T(0)) prefetch_elements(ea(c + ahead), n);
       }
-      if (ds == 1 && blend) {
+      T* d = dst(c);
+      const T* t = tmp + c * n;
+      const T a = cav[c];
+      const T* x = a != T(0) ? ea(c) : nullptr;
+      if (ds == 1) {
         index_t e = 0;
-        for (; e + W <= n; e += W) ((B::load(d + e) + B::load(t + e)) * B::broadcast(T(0.5))).store(d + e);
-        for (; e < n; ++e) d[e] = T(0.5) * (d[e] + t[e]);
-      } else if (ds == 1) {
-        std::copy(t, t + n, d);
+        for (; e + W <= n; e += W) {
+          B r = B::load(t + e);
+          if (x) r = fma(B::broadcast(a), B::load(x + e), r);
+          if (blend) r = (B::load(d + e) + r) * half;
+          r.store(d + e);
+        }
+        for (; e < n; ++e) {
+          const T r = x ? t[e] + a * x[e] : t[e];
+          d[e] = blend ? T(0.5) * (d[e] + r) : r;
+        }
       } else {
-        for (index_t e = 0; e < n; ++e) d[e * ds] = blend ? T(0.5) * (d[e * ds] + t[e]) : t[e];
+        for (index_t e = 0; e < n; ++e) {
+          const T r = x ? t[e] + a * x[e] : t[e];
+          d[e * ds] = blend ? T(0.5) * (d[e * ds] + r) : r;
+        }
       }
     }
   }
@@ -238,6 +265,7 @@ class combiner_block {
   std::vector<panel_run<T>> runs_;
   std::vector<std::uint64_t> masks_;
   index_t rows_ = 0;
+  index_t vrows_ = 0;                       // value rows of O^T in use (zeroed by begin)
   mutable std::vector<T> inv_, fin_, tmp_;  // finish_all / finish_merged scratch
 };
 

@@ -101,11 +101,11 @@ struct combiner_head {
     const value_source<T> vs{es + g0 * s.dv, s.dv * step, 1, s.dv, 0};
     return blk.add(ks + g0 * s.dk, s.dk * step, 1, vs, n);
   }
-  /// Starts a block over the queries qi(c), c < n.
+  /// Starts a block over the queries qi(c), c < n, with vrows value rows (values: dv).
   template <class Arch, class Qi, class E>
-  void begin(combiner_block<Arch, T>& blk, index_t n, Qi&& qi, E&& kend) const {
+  void begin(combiner_block<Arch, T>& blk, index_t n, Qi&& qi, E&& kend, index_t vrows = -1) const {
     blk.begin(
-        n, [&](index_t c) { return qrow(qi(c)); }, qs(), qscale, kend);
+        n, [&](index_t c) { return qrow(qi(c)); }, qs(), qscale, kend, vrows < 0 ? s.dv : vrows);
   }
   /// Writes the outputs of the columns c < n to the queries idx(c).
   template <class Arch, class I>
@@ -595,7 +595,7 @@ void axial_summaries(const combiner_head<T>& hd, combiner_workspace<Arch, T>& w,
   for (index_t c0 = 0; c0 < count; c0 += Br) {
     const index_t n = std::min(Br, count - c0);
     hd.begin(
-        blk, n, [&](index_t c) { return anchor(c0 + c); }, [&](index_t c) { return kend(c0 + c); });
+        blk, n, [&](index_t c) { return anchor(c0 + c); }, [&](index_t c) { return kend(c0 + c); }, dv + dk);
     const value_source<T> vv{vp, vj, vd, dv, 0};
     const value_source<T> vk{kp, kj, kd, dk, dv};
     blk.add2(kp, kj, kd, vv, vk, 2, nkeys);
@@ -619,26 +619,30 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
   auto& st = w.states;
   // Saved states and summaries of (r, c) at r * mp + c: a padded row length, so that a column of
   // them (stride mp rows) does not fall into a few cache sets when m is a power of two.
-  const index_t mp = m + 1;
-  st.resize(nr * mp, dv);
-  w.ks.resize(static_cast<std::size_t>(nr * mp * dk));
-  w.es.resize(static_cast<std::size_t>(nr * mp * dv));
+  const index_t mp = m + 1, nrp = nr + 1;
+  st.resize(std::max(nr * mp, m * nrp), dv);
+  w.ks.resize(static_cast<std::size_t>(std::max(nr * mp, m * nrp) * dk));
+  w.es.resize(static_cast<std::size_t>(std::max(nr * mp, m * nrp) * dv));
   if (!col_major) {
     const index_t nvr = (len + m - 1) / m;  // rows holding keys
+    // row-major: summaries and states of (r, c) at c * nrp + r, so that pass B reads each
+    // column's contiguously
+    auto at = [&](index_t r, index_t c) { return c * nrp + r; };
     // summaries (r', c): row r' seen from column c, bidirectional within the row. Bidirectional,
     // that is also the direct part (pass A) of query (r', c): its state is saved on the way.
     for (index_t r = 0; r < nvr; ++r) {
       const index_t nk = std::min(len, (r + 1) * m) - r * m;
       axial_summaries(
           hd, w, r * m, 1, nk, m, [&](index_t c) { return r * m + c; }, [&](index_t) { return nk; },
-          [&](index_t c) { return r * mp + c; }, w.ks.data(), w.es.data(), !causal);
+          [&](index_t c) { return at(r, c); }, w.ks.data(), w.es.data(), !causal);
     }
     // pass A: the own row (causal: columns <= c); bidirectional rows without keys see nothing yet
     if (!causal)
-      for (index_t x = nvr * mp; x < nr * mp; ++x) {
-        st.m[static_cast<std::size_t>(x)] = -std::numeric_limits<T>::infinity();
-        st.l[static_cast<std::size_t>(x)] = T(0);
-      }
+      for (index_t r = nvr; r < nr; ++r)
+        for (index_t c = 0; c < m; ++c) {
+          st.m[static_cast<std::size_t>(at(r, c))] = -std::numeric_limits<T>::infinity();
+          st.l[static_cast<std::size_t>(at(r, c))] = T(0);
+        }
     for (index_t r = causal ? 0 : nr; r < nr; ++r) {
       const index_t nk = std::clamp<index_t>(len - r * m, 0, m);
       for (index_t c0 = 0; c0 < m; c0 += Br) {
@@ -648,7 +652,7 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
             [&](index_t c) { return causal ? causal_count(c0 + c, 0, nk) : nk; });
         hd.add_keys(blk, r * m, nk);
         blk.run();
-        st.save_all(blk, n, [&](index_t c) { return r * mp + c0 + c; });
+        st.save_all(blk, n, [&](index_t c) { return at(r, c0 + c); });
       }
     }
     // pass B: down each column c, the summaries (r', c) of the other (causal: earlier) rows
@@ -659,12 +663,12 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
         hd.begin(
             blk, n, [&](index_t x) { return (r0 + x) * m + c; },
             [&](index_t x) { return causal ? std::min(r0 + x, nvr) : nvr; });
-        hd.add_summaries(blk, w.ks.data(), w.es.data(), c, nvr, mp);
+        hd.add_summaries(blk, w.ks.data(), w.es.data(), at(0, c), nvr);
         if (!causal)
           for (index_t x = 0; x < n && r0 + x < nvr; ++x) blk.restrict_row(r0 + x, ~(std::uint64_t(1) << x));
         blk.run();
         hd.finish_merged(
-            blk, n, st, [&](index_t x) { return (r0 + x) * mp + c; }, erows,
+            blk, n, st, [&](index_t x) { return at(r0 + x, c); }, erows,
             [&](index_t x) { return (r0 + x) * m + c; }, blend);
       }
     }
@@ -886,7 +890,7 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
       const index_t n = std::min(Br, ncol - c0);
       blk.begin(
           n, [&](index_t c) { return qsum.data() + (c0 + c) * dk; }, 1, hd.qscale,
-          [&](index_t) { return nk; });
+          [&](index_t) { return nk; }, dv);
       hd.add_keys(blk, j0, nk);
       for (index_t j = 0; j < nk; ++j) {
         const index_t x =
