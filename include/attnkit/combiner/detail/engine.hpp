@@ -81,7 +81,7 @@ class combiner_block {
     std::fill(cb_.m.data(), cb_.m.data() + ld, -std::numeric_limits<T>::infinity());
     std::fill(cb_.l.data(), cb_.l.data() + ld, T(0));
     vrows_ = vrows < 0 ? dv_ : std::min(vrows, dv_);
-    std::fill(cb_.ot.data(), cb_.ot.data() + vrows_ * ld, T(0));
+    cb_.fresh = true;  // O^T is written by the first step, or zeroed by run() (see there)
     runs_.clear();
     masks_.clear();
     rows_ = 0;
@@ -112,6 +112,21 @@ class combiner_block {
 
   /// Consumes the panel.
   void run() {
+    // The first step writes O^T rather than accumulating onto it when its value sources cover
+    // every row in use; otherwise (or with no step at all) O^T starts from zeros.
+    const bool covered = !runs_.empty() && cb_.kmax > 0 && [&] {
+      const panel_run<T>& r = runs_.front();
+      index_t top = 0;
+      for (int i = 0; i < r.nv; ++i) {
+        if (r.v[i].row0 != top) return false;
+        top += r.v[i].rows;
+      }
+      return top == vrows_;
+    }();
+    if (!covered) {
+      std::fill(cb_.ot.data(), cb_.ot.data() + vrows_ * cb_.ld, T(0));
+      cb_.fresh = false;
+    }
     index_t base = 0;
     for (const panel_run<T>& r : runs_) {
       for (index_t o = 0; o < r.n && base + o < cb_.kmax; o += Bc) {
@@ -191,7 +206,6 @@ class combiner_block {
                      bool blend) const {
     const index_t ld = cb_.ld;
     inv_.resize(static_cast<std::size_t>(3 * Br));
-    fin_.resize(static_cast<std::size_t>(dv_ * Br));
     tmp_.resize(static_cast<std::size_t>(dv_ * Br));
     assert(n <= vrows_);
     T* cbv = inv_.data();  // the weight of this block's O, per column
@@ -219,13 +233,8 @@ class combiner_block {
       cav[c] *= inv;
       cbv[c] *= inv;
     }
-    const T* ot = cb_.ot.data();
-    T* fin = fin_.data();
-    for (index_t e = 0; e < n; ++e)
-      for (index_t c = 0; c < ld; c += B::size)
-        (B::load(ot + e * ld + c) * B::load(cbv + c)).store(fin + e * ld + c);
     T* tmp = tmp_.data();
-    panel_to_rows<Arch, T>(ncols, n, fin, ld, [&](index_t c) { return tmp + c * n; });
+    panel_to_rows<Arch, T>(ncols, n, cb_.ot.data(), ld, [&](index_t c) { return tmp + c * n; });
     constexpr index_t W = B::size;
     constexpr index_t ahead = 4;  // rows prefetched ahead: dst and ea may be columns of matrices
     const B half = B::broadcast(T(0.5));
@@ -236,23 +245,23 @@ class combiner_block {
       }
       T* d = dst(c);
       const T* t = tmp + c * n;
-      const T a = cav[c];
+      const T a = cav[c], b = cbv[c];
       const T* x = a != T(0) ? ea(c) : nullptr;
       if (ds == 1) {
         index_t e = 0;
         for (; e + W <= n; e += W) {
-          B r = B::load(t + e);
+          B r = B::load(t + e) * B::broadcast(b);
           if (x) r = fma(B::broadcast(a), B::load(x + e), r);
           if (blend) r = (B::load(d + e) + r) * half;
           r.store(d + e);
         }
         for (; e < n; ++e) {
-          const T r = x ? t[e] + a * x[e] : t[e];
+          const T r = x ? b * t[e] + a * x[e] : b * t[e];
           d[e] = blend ? T(0.5) * (d[e] + r) : r;
         }
       } else {
         for (index_t e = 0; e < n; ++e) {
-          const T r = x ? t[e] + a * x[e] : t[e];
+          const T r = x ? b * t[e] + a * x[e] : b * t[e];
           d[e * ds] = blend ? T(0.5) * (d[e * ds] + r) : r;
         }
       }

@@ -56,6 +56,9 @@ struct flash_columns {
   index_t ncols = 0;           ///< columns in use (the rest are zero padding)
   index_t ld = 0;              ///< column stride of qt, st, ot: the active registers' width (see flash_width)
   index_t kmin = 0, kmax = 0;  ///< the smallest and largest key_end of the columns in use
+  /// The next flash_step is the block's first and writes every row of O^T its value sources cover
+  /// (O^T need not be zeroed: nothing is accumulated onto it).
+  bool fresh = false;
   flash_columns(index_t dk, index_t dv, index_t br, index_t bc)
       : qt({dk * br}),
         st({bc * br}),
@@ -214,20 +217,30 @@ void flash_step_cols(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, c
     fma(B::load(cb.l.data() + off), alpha, sum0 + sum1).store(cb.l.data() + off);
     mx.store(cb.m.data() + off);
   }
-  // O^T = O^T * alpha + V_blk^T * P^T
+  // O^T = O^T * alpha + V_blk^T * P^T (the first step: O^T = V_blk^T * P^T)
   tile_args<T> args;
   args.col_scale = cb.alpha.data();
+  const bool fresh = cb.fresh;
+  cb.fresh = false;
   for (int i = 0; i < nvs; ++i) {
     const value_source<T>& v = vs[i];
     T* ot = cb.ot.data() + v.row0 * Br;
     if (masked) {
       args.col_limit = kend;
       args.row_base = static_cast<T>(j0);
-      block_product<B, MR, NA, true, true, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot, Br,
-                                                               args);
+      if (fresh)
+        block_product<B, MR, NA, false, true, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot,
+                                                                  Br, args);
+      else
+        block_product<B, MR, NA, true, true, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot,
+                                                                 Br, args);
     } else {
-      block_product<B, MR, NA, true, false, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot, Br,
-                                                                args);
+      if (fresh)
+        block_product<B, MR, NA, false, false, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot,
+                                                                   Br, args);
+      else
+        block_product<B, MR, NA, true, false, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot,
+                                                                  Br, args);
     }
   }
 }
