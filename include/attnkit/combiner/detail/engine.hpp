@@ -327,17 +327,6 @@ inline void copy_strided(const T* src, index_t stride, index_t n, T* dst) {
     for (index_t p = 0; p < n; ++p) dst[p] = src[p * stride];
 }
 
-/// Prefetches the cache lines of n elements at p (contiguous).
-template <class T>
-inline void prefetch_row(const T* p, index_t n) {
-#if defined(__GNUC__)
-  const char* c = reinterpret_cast<const char*>(p);
-  for (index_t b = 0; b < n * static_cast<index_t>(sizeof(T)); b += 64) __builtin_prefetch(c + b, 0, 3);
-#else
-  (void)p, (void)n;
-#endif
-}
-
 /// Copies n rows of d elements (src + t * sj, elements at stride sd) to dst + t * d. For rows read
 /// with a large stride (a column of a matrix) that defeats the hardware prefetchers, the rows a
 /// few ahead are prefetched.
@@ -345,7 +334,7 @@ template <class T>
 inline void gather_rows(const T* src, index_t sj, index_t sd, index_t d, index_t n, T* dst) {
   constexpr index_t ahead = 6;
   for (index_t t = 0; t < n; ++t) {
-    if (sd == 1 && t + ahead < n) prefetch_row(src + (t + ahead) * sj, d);
+    if (sd == 1 && t + ahead < n) prefetch_elements(src + (t + ahead) * sj, d);
     copy_strided(src + t * sj, sd, d, dst + t * d);
   }
 }
