@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../../core/attention_args.hpp"
@@ -222,26 +223,22 @@ void flash_step_cols(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, c
   args.col_scale = cb.alpha.data();
   const bool fresh = cb.fresh;
   cb.fresh = false;
+  using yes = std::true_type;
+  using no = std::false_type;
+  auto product = [&](auto accumulate, auto masked_keys, const value_source<T>& v, T* ot) {
+    block_product<B, MR, NA, decltype(accumulate)::value, decltype(masked_keys)::value, a_layout::unit_row>(
+        v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot, Br, args);
+  };
+  if (masked) {
+    args.col_limit = kend;
+    args.row_base = static_cast<T>(j0);
+  }
   for (int i = 0; i < nvs; ++i) {
-    const value_source<T>& v = vs[i];
-    T* ot = cb.ot.data() + v.row0 * Br;
-    if (masked) {
-      args.col_limit = kend;
-      args.row_base = static_cast<T>(j0);
-      if (fresh)
-        block_product<B, MR, NA, false, true, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot,
-                                                                  Br, args);
-      else
-        block_product<B, MR, NA, true, true, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot,
-                                                                 Br, args);
-    } else {
-      if (fresh)
-        block_product<B, MR, NA, false, false, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot,
-                                                                   Br, args);
-      else
-        block_product<B, MR, NA, true, false, a_layout::unit_row>(v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot,
-                                                                  Br, args);
-    }
+    T* ot = cb.ot.data() + vs[i].row0 * Br;
+    if (masked)
+      fresh ? product(no{}, yes{}, vs[i], ot) : product(yes{}, yes{}, vs[i], ot);
+    else
+      fresh ? product(no{}, no{}, vs[i], ot) : product(yes{}, no{}, vs[i], ot);
   }
 }
 
