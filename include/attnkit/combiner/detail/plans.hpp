@@ -735,11 +735,11 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
     if (j < len) members[static_cast<std::size_t>(c)].push_back(j);
     queries[static_cast<std::size_t>(j < len ? c : ncl)].push_back(j);
   }
-  auto gather = [&](const std::vector<index_t>& pos, index_t r0) {
-    for (std::size_t t = 0; t < pos.size(); ++t) {
-      const index_t r = r0 + static_cast<index_t>(t);
-      copy_strided(hd.k.ptr(hd.b, hd.hkv, pos[t], 0), hd.k.stride(3), dk, w.pk.data() + r * dk);
-      copy_strided(hd.v.ptr(hd.b, hd.hkv, pos[t], 0), hd.v.stride(3), dv, w.pv.data() + r * dv);
+  // keys and values of the positions pos[0, n) to the panel rows r0, r0 + 1, ...
+  auto gather = [&](const index_t* pos, index_t n, index_t r0) {
+    for (index_t t = 0; t < n; ++t) {
+      copy_strided(hd.k.ptr(hd.b, hd.hkv, pos[t], 0), hd.k.stride(3), dk, w.pk.data() + (r0 + t) * dk);
+      copy_strided(hd.v.ptr(hd.b, hd.hkv, pos[t], 0), hd.v.stride(3), dv, w.pv.data() + (r0 + t) * dv);
     }
   };
   if (!hd.causal) {
@@ -765,7 +765,7 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
       const index_t nm = static_cast<index_t>(mc.size());
       w.pk.resize(static_cast<std::size_t>(std::max<index_t>(nm, 1) * dk));
       w.pv.resize(static_cast<std::size_t>(std::max<index_t>(nm, 1) * dv));
-      gather(mc, 0);
+      gather(mc.data(), nm, 0);
       const index_t own = c < ncl ? gi[static_cast<std::size_t>(c)] : -1;  // own summary, excluded
       const index_t nb = own >= 0 ? own : ng, na = own >= 0 ? ng - own - 1 : 0;
       const index_t total = nm + nb + na;
@@ -808,44 +808,50 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
   w.es.resize(static_cast<std::size_t>(ng * dv));
   std::vector<T> qsum;  // pooled summary queries of one segment, [columns, dk]
   const bool mx = hd.pooling == combiner_pooling::max;
+  // d[p] = a[p * sa] (first), else pooled into d (max or sum), p < dk
+  auto combine = [&](T* d, const T* a, index_t sa, bool first) {
+    if (first)
+      copy_strided(a, sa, dk, d);
+    else if (sa != 1)
+      for (index_t p = 0; p < dk; ++p) d[p] = mx ? std::max(d[p], a[p * sa]) : d[p] + a[p * sa];
+    else if (mx)
+      for (index_t p = 0; p < dk; ++p) d[p] = std::max(d[p], a[p]);
+    else
+      for (index_t p = 0; p < dk; ++p) d[p] += a[p];
+  };
+  std::vector<T> pq, pkk, preq, prek, sufq, sufk;
+  std::vector<index_t> cnt, pren, sufn, xid;
   for (index_t a = 0; a < nvs; ++a) {
     const auto& pr = present[static_cast<std::size_t>(a)];
     const auto& si = sidx[static_cast<std::size_t>(a)];
     const index_t j0 = a * s, nk = std::min(len, j0 + s) - j0, npr = static_cast<index_t>(pr.size());
     // per-cluster pools of q and k (max or sum) and counts, then each column's pool from them
-    std::vector<T> pq(static_cast<std::size_t>(npr * dk)), pkk(static_cast<std::size_t>(npr * dk));
-    std::vector<index_t> cnt(static_cast<std::size_t>(npr), 0);
+    pq.resize(static_cast<std::size_t>(npr * dk));
+    pkk.resize(static_cast<std::size_t>(npr * dk));
+    cnt.assign(static_cast<std::size_t>(npr), 0);
+    xid.resize(static_cast<std::size_t>(nk));  // key j0 + j's cluster is pr[xid[j]]
     for (index_t j = j0; j < j0 + nk; ++j) {
       const index_t x = std::lower_bound(pr.begin(), pr.end(), id[static_cast<std::size_t>(j)]) - pr.begin();
-      const T* qr = hd.qrow(j);
-      const T* kr = hd.k.ptr(hd.b, hd.hkv, j, 0);
-      T* qd = pq.data() + x * dk;
-      T* kd = pkk.data() + x * dk;
+      xid[static_cast<std::size_t>(j - j0)] = x;
       const bool first = cnt[static_cast<std::size_t>(x)]++ == 0;
-      for (index_t p = 0; p < dk; ++p) {
-        const T qv = qr[p * hd.qs()], kv = kr[p * hd.k.stride(3)];
-        qd[p] = first ? qv : (mx ? std::max(qd[p], qv) : qd[p] + qv);
-        kd[p] = first ? kv : (mx ? std::max(kd[p], kv) : kd[p] + kv);
-      }
+      combine(pq.data() + x * dk, hd.qrow(j), hd.qs(), first);
+      combine(pkk.data() + x * dk, hd.k.ptr(hd.b, hd.hkv, j, 0), hd.k.stride(3), first);
     }
     const index_t ncol = npr + 1;
     // Column 1 + x pools every present cluster but x: the pool of the clusters before x combined
     // with the pool of those after it (prefix and suffix pools, O(npr dk) per segment).
-    auto combine = [&](T* d, const T* a, bool first) {
-      for (index_t p = 0; p < dk; ++p) d[p] = first ? a[p] : (mx ? std::max(d[p], a[p]) : d[p] + a[p]);
-    };
     const std::size_t pw = static_cast<std::size_t>((npr + 1) * dk);
-    std::vector<T> preq(pw), prek(pw), sufq(pw), sufk(pw);
-    std::vector<index_t> pren(static_cast<std::size_t>(npr) + 1, 0),
-        sufn(static_cast<std::size_t>(npr) + 1, 0);
+    for (auto* v : {&preq, &prek, &sufq, &sufk}) v->resize(pw);
+    pren.assign(static_cast<std::size_t>(npr) + 1, 0);
+    sufn.assign(static_cast<std::size_t>(npr) + 1, 0);
     for (index_t x = 0; x < npr; ++x) {  // pre*[x + 1] = pool of clusters [0, x]
       const std::size_t o = static_cast<std::size_t>((x + 1) * dk), o0 = o - static_cast<std::size_t>(dk);
       std::copy(preq.begin() + static_cast<std::ptrdiff_t>(o0), preq.begin() + static_cast<std::ptrdiff_t>(o),
                 preq.begin() + static_cast<std::ptrdiff_t>(o));
       std::copy(prek.begin() + static_cast<std::ptrdiff_t>(o0), prek.begin() + static_cast<std::ptrdiff_t>(o),
                 prek.begin() + static_cast<std::ptrdiff_t>(o));
-      combine(preq.data() + o, pq.data() + x * dk, x == 0);
-      combine(prek.data() + o, pkk.data() + x * dk, x == 0);
+      combine(preq.data() + o, pq.data() + x * dk, 1, x == 0);
+      combine(prek.data() + o, pkk.data() + x * dk, 1, x == 0);
       pren[static_cast<std::size_t>(x) + 1] =
           pren[static_cast<std::size_t>(x)] + cnt[static_cast<std::size_t>(x)];
     }
@@ -857,8 +863,8 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
       std::copy(sufk.begin() + static_cast<std::ptrdiff_t>(o1),
                 sufk.begin() + static_cast<std::ptrdiff_t>(o1 + dk),
                 sufk.begin() + static_cast<std::ptrdiff_t>(o));
-      combine(sufq.data() + o, pq.data() + x * dk, x == npr - 1);
-      combine(sufk.data() + o, pkk.data() + x * dk, x == npr - 1);
+      combine(sufq.data() + o, pq.data() + x * dk, 1, x == npr - 1);
+      combine(sufk.data() + o, pkk.data() + x * dk, 1, x == npr - 1);
       sufn[static_cast<std::size_t>(x)] =
           sufn[static_cast<std::size_t>(x) + 1] + cnt[static_cast<std::size_t>(x)];
     }
@@ -876,8 +882,8 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
         std::copy(prek.data() + x * dk, prek.data() + (x + 1) * dk, kd);
       }
       if (na > 0) {
-        combine(qd, sufq.data() + after * dk, nb == 0);
-        combine(kd, sufk.data() + after * dk, nb == 0);
+        combine(qd, sufq.data() + after * dk, 1, nb == 0);
+        combine(kd, sufk.data() + after * dk, 1, nb == 0);
       }
       if (!mx)
         for (index_t p = 0; p < dk; ++p) {
@@ -893,9 +899,7 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
           [&](index_t) { return nk; }, dv);
       hd.add_keys(blk, j0, nk);
       for (index_t j = 0; j < nk; ++j) {
-        const index_t x =
-            std::lower_bound(pr.begin(), pr.end(), id[static_cast<std::size_t>(j0 + j)]) - pr.begin();
-        const index_t col = 1 + x - c0;
+        const index_t col = 1 + xid[static_cast<std::size_t>(j)] - c0;
         if (col >= 0 && col < n) blk.restrict_row(j, ~(std::uint64_t(1) << col));
       }
       blk.run();
@@ -945,10 +949,10 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
         std::copy(w.es.data() + g * dv, w.es.data() + (g + 1) * dv, w.pv.data() + r * dv);
         ++r;
       }
-      std::vector<index_t> in_a;
-      for (; mi < mc.size() && mc[mi] < (a + 1) * s; ++mi) in_a.push_back(mc[mi]);
-      gather(in_a, r);
-      r += static_cast<index_t>(in_a.size());
+      const std::size_t m0 = mi;  // the cluster's members in segment a: mc[m0, mi)
+      while (mi < mc.size() && mc[mi] < (a + 1) * s) ++mi;
+      gather(mc.data() + m0, static_cast<index_t>(mi - m0), r);
+      r += static_cast<index_t>(mi - m0);
       seg_end[static_cast<std::size_t>(a) + 1] = r;
     }
     for (std::size_t t0 = 0; t0 < qc.size(); t0 += static_cast<std::size_t>(Br)) {
