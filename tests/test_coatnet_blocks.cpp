@@ -42,7 +42,6 @@ block_params random_params(const std::vector<std::pair<std::string, std::vector<
   for (const auto& [name, shape] : list) {
     std::array<index_t, 4> e{1, 1, 1, 1};
     for (std::size_t i = 0; i < shape.size(); ++i) e[i] = shape[i];
-    dtensor t(e);
     index_t fan_in = 1;
     for (std::size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
     double lo = -0.1, hi = 0.1;
@@ -59,9 +58,7 @@ block_params random_params(const std::vector<std::pair<std::string, std::vector<
       hi = std::sqrt(3.0 / static_cast<double>(fan_in));
       lo = -hi;
     }
-    for (index_t i = 0; i < t.size(); ++i)
-      t.data()[i] = static_cast<double>(static_cast<float>(g.uniform(lo, hi)));
-    p.t.emplace(name, std::move(t));
+    p.t.emplace(name, rnd<4>(e, g, lo, hi));
   }
   return p;
 }
@@ -144,9 +141,7 @@ TEST_CASE("mbconv_block vs timm's MbConvBlock in fp64 (paper, rw and mixed confi
   for (const cs& c : cases) {
     co::mbconv_block<double> shape(c.in, c.out, c.down, c.cfg);
     const block_params p = random_params(shape.parameters(), g);
-    dtensor x({c.B, c.H, c.W, c.in});
-    for (index_t i = 0; i < x.size(); ++i)
-      x.data()[i] = static_cast<double>(static_cast<float>(g.uniform(-2, 2)));
+    const dtensor x = rnd<4>({c.B, c.H, c.W, c.in}, g, -2, 2);
     const dtensor ref = mbconv_ref(x, p, c.cfg, c.down);
     check_block(
         x, ref, p,
@@ -182,9 +177,7 @@ TEST_CASE("transformer_block vs timm's TransformerBlock2d in fp64 (paper and rw 
   for (const cs& c : cases) {
     co::transformer_block<double> shape(c.in, c.out, c.down, c.H, c.W, c.cfg);
     const block_params p = random_params(shape.parameters(), g);
-    dtensor x({c.B, c.H, c.W, c.in});
-    for (index_t i = 0; i < x.size(); ++i)
-      x.data()[i] = static_cast<double>(static_cast<float>(g.uniform(-2, 2)));
+    const dtensor x = rnd<4>({c.B, c.H, c.W, c.in}, g, -2, 2);
     const dtensor ref = transformer_ref(x, p, c.cfg, c.down);
     check_block(
         x, ref, p,

@@ -33,14 +33,6 @@ constexpr double tol() {
   return std::is_same_v<T, float> ? 2e-5 : 1e-12;
 }
 
-template <std::size_t R>
-attnkit::tensor<double, R> rnd(const std::array<index_t, R>& e, test_rng& g, double lo = -1, double hi = 1) {
-  attnkit::tensor<double, R> t(e);
-  for (index_t i = 0; i < t.size(); ++i)
-    t.data()[i] = static_cast<double>(static_cast<float>(g.uniform(lo, hi)));
-  return t;
-}
-
 template <class T, std::size_t R>
 std::vector<T> to_vec(const attnkit::tensor<double, R>& t) {
   return std::vector<T>(t.data(), t.data() + t.size());

@@ -20,6 +20,16 @@ namespace attnkit_test {
 using dtensor = attnkit::tensor<double, 4>;
 using dvec = attnkit::tensor<double, 1>;
 
+/// A tensor of uniform values in [lo, hi) that floats represent exactly (the same inputs in every
+/// precision).
+template <std::size_t R>
+attnkit::tensor<double, R> rnd(const std::array<index_t, R>& e, test_rng& g, double lo = -1, double hi = 1) {
+  attnkit::tensor<double, R> t(e);
+  for (index_t i = 0; i < t.size(); ++i)
+    t.data()[i] = static_cast<double>(static_cast<float>(g.uniform(lo, hi)));
+  return t;
+}
+
 inline double act_ref(attnkit::coatnet::activation a, double x) {
   using attnkit::coatnet::activation;
   switch (a) {
