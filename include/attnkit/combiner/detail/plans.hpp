@@ -569,9 +569,9 @@ void combiner_logsparse(const combiner_head<T>& hd, combiner_workspace<Arch, T>&
 // axial(rows, cols, row_major | col_major)
 /// Anchored summaries over one line of keys (a row, or a column read with stride m): for anchors
 /// a(c) (c < count), (e, k~) = attention of q_a(c) over the line's first kend(c) keys with values
-/// (V, K), written to es/ks at summary index g(c). With `save`, the anchor's unnormalized state
-/// over the line (the direct part of its own query when the line is its own row or column) is
-/// also saved for the next pass, at state index g(c).
+/// (V, K), written to es/ks at summary index g(c). With `save`, the anchor's max and sum are saved
+/// at state index g(c) too: with e, its state over the line (the direct part of its own query when
+/// the line is its own row or column), which the next pass merges with.
 template <class Arch, class T, class A, class E, class G>
 void axial_summaries(const combiner_head<T>& hd, combiner_workspace<Arch, T>& w, index_t j0, index_t step,
                      index_t nkeys, index_t count, A&& anchor, E&& kend, G&& g, T* ks, T* es, bool save) {
