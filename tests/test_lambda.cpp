@@ -1105,7 +1105,7 @@ TEST_CASE("lambda: invalid arguments throw attnkit::invalid_argument and leave o
   cases.push_back({"out h * v - 1", q, K, V, rel1, outv({B, n, h * v - 1}), none, "out"});
   cases.push_back({"out batch 1", q, K, V, loc2, outv({1, n, h * v}), none, "out"});
   cases.push_back({"out with stride 0", q, K, V, pos_t::none(),
-                   view<float, 3>(od.data(), {B, n, h * v}, {n * h * v, 0, 1}), none, "stride 0"});
+                   view<float, 3>(od.data(), {B, n, h * v}, {n * h * v, 0, 1}), none, "elements overlap"});
   cases.push_back(
       {"null queries", cview(nullptr, q.extents(), q.strides()), K, V, global, out, none, "null"});
   cases.push_back({"null keys", q, cview(nullptr, K.extents(), K.strides()), V, rel1, out, none, "null"});

@@ -321,7 +321,7 @@ void forward_views(Block& block, const tensor_view<const T, 4>& x, const tensor_
 template <class T>
 void check_block_views(const tensor_view<const T, 4>& x, const tensor_view<T, 4>& out, index_t in,
                        index_t cout, bool down, const char* where) {
-  require_data(x, where, "x");
+  require_view(x, where, "x");
   require(x.extent(3) == in && x.extent(1) >= 1 && x.extent(2) >= 1 &&
               (!down || (x.extent(1) % 2 == 0 && x.extent(2) % 2 == 0)),
           where, [&] {
@@ -330,7 +330,7 @@ void check_block_views(const tensor_view<const T, 4>& x, const tensor_view<T, 4>
           });
   const index_t oh = down ? x.extent(1) / 2 : x.extent(1), ow = down ? x.extent(2) / 2 : x.extent(2);
   check_shape(out, std::array<index_t, 4>{x.extent(0), oh, ow, cout}, where, "out");
-  check_output(out, where);
+  check_output(out, where, arg("x", x));
 }
 
 }  // namespace detail_net

@@ -193,7 +193,7 @@ class network {
     detail::check_shape(images, std::array<index_t, 4>{B, cfg_.image_rows, cfg_.image_cols, cfg_.in_channels},
                         where, "images");
     detail::check_shape(logits, std::array<index_t, 2>{B, cfg_.num_classes}, where, "logits");
-    detail::check_output(logits, where);
+    detail::require_output(where, detail::arg("logits", logits), detail::arg("images", images));
     detail::check_threads(threads, where);
     detail::require(loaded(), where, [&] {  // the list only when something is missing
       const std::vector<std::string> missing = missing_parameters();

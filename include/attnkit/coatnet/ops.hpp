@@ -36,7 +36,7 @@ folded_conv<T> fold_batch_norm(tensor_view<const T, 4> weight, tensor_view<const
                                tensor_view<const T, 1> gamma, tensor_view<const T, 1> beta,
                                tensor_view<const T, 1> mean, tensor_view<const T, 1> var, double eps = 1e-5) {
   constexpr const char* where = "attnkit::coatnet::fold_batch_norm";
-  detail::require_data(weight, where, "weight");
+  detail::require_view(weight, where, "weight");
   const std::array<index_t, 1> c{weight.extent(0)};
   if (bias.data() || bias.extent(0) != 0) detail::check_shape(bias, c, where, "bias");
   detail::check_shape(gamma, c, where, "gamma");
@@ -75,7 +75,7 @@ template <class T>
 void check_conv(const tensor_view<const T, 4>& x, const tensor_view<const T, 4>& w,
                 const tensor_view<const T, 1>& bias, const tensor_view<T, 4>& out, int stride, int padding,
                 index_t cin_w, index_t cout, const char* where) {
-  require_data(x, where, "x");
+  require_view(x, where, "x");
   require(stride >= 1 && padding >= 0, where, [&] {
     return "stride = " + std::to_string(stride) + ", padding = " + std::to_string(padding) +
            " (expected stride >= 1, padding >= 0)";
@@ -91,7 +91,7 @@ void check_conv(const tensor_view<const T, 4>& x, const tensor_view<const T, 4>&
            shape_string(w.extents()) + " with padding " + std::to_string(padding);
   });
   check_shape(out, std::array<index_t, 4>{x.extent(0), oh, ow, cout}, where, "out");
-  check_output(out, where);
+  check_output(out, where, arg("x", x), arg("weight", w), arg("bias", bias));
 }
 
 /// Convolution weights [Cout, Cin, kh, kw] and bias (empty: 0) packed in the im2col order of
@@ -330,12 +330,12 @@ void linear(tensor_view<const detail::identity_t<T>, 2> x, tensor_view<const det
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "linear: float or double");
   using namespace detail_ops;
   constexpr const char* where = "attnkit::coatnet::linear";
-  require_data(x, where, "x");
+  require_view(x, where, "x");
   const index_t n = x.extent(0), in = x.extent(1), no = weight.extent(0);
   check_shape(weight, std::array<index_t, 2>{no, in}, where, "weight");
   check_bias(bias, no, where);
   check_shape(out, std::array<index_t, 2>{n, no}, where, "out");
-  check_output(out, where);
+  check_output(out, where, arg("x", x), arg("weight", weight), arg("bias", bias));
   check_activation(act, where);
   check_threads(threads, where);
   if (out.empty()) return;
@@ -359,9 +359,9 @@ void activate(tensor_view<const detail::identity_t<T>, 4> x, tensor_view<T, 4> o
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "activate: float or double");
   using namespace detail_ops;
   constexpr const char* where = "attnkit::coatnet::activate";
-  require_data(x, where, "x");
+  require_view(x, where, "x");
   check_shape(out, x.extents(), where, "out");
-  check_output(out, where);
+  check_output(out, where, arg("x", unless_in_place(x, out)));
   check_activation(act, where);
   check_threads(threads, where);
   if (out.empty()) return;
@@ -386,11 +386,11 @@ template <class T>
 void global_avg_pool(tensor_view<const detail::identity_t<T>, 4> x, tensor_view<T, 2> out, int threads = 0) {
   using namespace detail_ops;
   constexpr const char* where = "attnkit::coatnet::global_avg_pool";
-  require_data(x, where, "x");
+  require_view(x, where, "x");
   require(x.extent(1) >= 1 && x.extent(2) >= 1, where,
           [&] { return "x has shape " + shape_string(x.extents()) + ", expected H, W >= 1"; });
   check_shape(out, std::array<index_t, 2>{x.extent(0), x.extent(3)}, where, "out");
-  check_output(out, where);
+  check_output(out, where, arg("x", x));
   check_threads(threads, where);
   const index_t H = x.extent(1), Wd = x.extent(2), C = x.extent(3);
   parallel_for(x.extent(0), resolve_threads(threads, x.extent(0)), [&](index_t b, int) {
@@ -422,7 +422,7 @@ void squeeze_excitation(tensor_view<const detail::identity_t<T>, 4> x,
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "squeeze_excitation: float or double");
   using namespace detail_ops;
   constexpr const char* where = "attnkit::coatnet::squeeze_excitation";
-  require_data(x, where, "x");
+  require_view(x, where, "x");
   require(x.extent(1) >= 1 && x.extent(2) >= 1, where,
           [&] { return "x has shape " + shape_string(x.extents()) + ", expected H, W >= 1"; });
   const index_t B = x.extent(0), H = x.extent(1), Wd = x.extent(2), C = x.extent(3), R = w_reduce.extent(0);
@@ -431,7 +431,8 @@ void squeeze_excitation(tensor_view<const detail::identity_t<T>, 4> x,
   check_shape(w_expand, std::array<index_t, 4>{C, R, 1, 1}, where, "w_expand");
   check_shape(b_expand, std::array<index_t, 1>{C}, where, "b_expand");
   check_shape(out, x.extents(), where, "out");
-  check_output(out, where);
+  check_output(out, where, arg("x", unless_in_place(x, out)), arg("w_reduce", w_reduce),
+               arg("b_reduce", b_reduce), arg("w_expand", w_expand), arg("b_expand", b_expand));
   check_activation(act, where);
   check_threads(threads, where);
   if (out.empty()) return;
@@ -460,12 +461,12 @@ void layer_norm(tensor_view<const detail::identity_t<T>, 4> x,
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "layer_norm: float or double");
   using namespace detail_ops;
   constexpr const char* where = "attnkit::coatnet::layer_norm";
-  require_data(x, where, "x");
+  require_view(x, where, "x");
   const index_t B = x.extent(0), H = x.extent(1), Wd = x.extent(2), C = x.extent(3);
   check_shape(gamma, std::array<index_t, 1>{C}, where, "gamma");
   check_shape(beta, std::array<index_t, 1>{C}, where, "beta");
   check_shape(out, x.extents(), where, "out");
-  check_output(out, where);
+  check_output(out, where, arg("x", unless_in_place(x, out)), arg("gamma", gamma), arg("beta", beta));
   require(eps > 0 || (eps == 0 && C > 0), where, "eps must be > 0");
   check_threads(threads, where);
   if (out.empty()) return;
@@ -500,10 +501,10 @@ void avg_pool_2x2(tensor_view<const detail::identity_t<T>, 4> x, tensor_view<T, 
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "avg_pool_2x2: float or double");
   using namespace detail_ops;
   constexpr const char* where = "attnkit::coatnet::avg_pool_2x2";
-  require_data(x, where, "x");
+  require_view(x, where, "x");
   const index_t B = x.extent(0), OH = x.extent(1) / 2, OW = x.extent(2) / 2, C = x.extent(3);
   check_shape(out, std::array<index_t, 4>{B, OH, OW, C}, where, "out");
-  check_output(out, where);
+  check_output(out, where, arg("x", x));
   check_threads(threads, where);
   if (out.empty()) return;
   parallel_for(B * OH, resolve_threads(threads, B * OH), [&](index_t task, int) {

@@ -34,12 +34,12 @@ void relative_attention_2d(tensor_view<const detail::identity_t<T>, 4> q,
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "relative_attention_2d: float or double");
   constexpr const char* where = "attnkit::relative_attention_2d";
-  const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out);
-  detail::check_mask(options.mask, where, s.B, s.H, s.Lq, s.Lk, /*allow_bias=*/false);
+  const detail::attention_shape s =
+      detail::check_attention_views(where, q, k, v, out, options.mask, /*allow_bias=*/false);
   detail::require(options.mask.causal == causal_mode::none, where,
                   "mask.causal must be none: relative attention is bidirectional (the table is the bias)");
   detail::check_threads(options.threads, where);
-  const double scale = detail::resolve_scale(options.scale, s.dk, where);
+  const double scale = detail::resolve_scale<T>(options.scale, s.dk, where);
   detail::require(options.mode == relative_mode::pre_softmax || options.mode == relative_mode::post_softmax,
                   where, "options.mode is not a relative_mode value");
   detail::require(options.offset == relative_offset::key_minus_query ||
@@ -57,8 +57,12 @@ void relative_attention_2d(tensor_view<const detail::identity_t<T>, 4> q,
                        detail::shape_string(want_t) + " [heads, 2H - 1, 2W - 1] for a " + std::to_string(H) +
                        " x " + std::to_string(W) + " grid");
   });
-  detail::require_data(table, where, "table");
+  detail::require_view(table, where, "table");
+  detail::require_disjoint(where, detail::arg("out", out), detail::arg("table", table));
   if (out.empty()) return;
+  q = detail::addressable(q);
+  k = detail::addressable(k);
+  v = detail::addressable(v);
   const bool post = options.mode == relative_mode::post_softmax;
   const std::vector<T> windows =
       detail::relative_windows<T>(table, H, W, options.offset, post ? T(1) : T(1.4426950408889634074));
@@ -94,7 +98,7 @@ tensor<T, 3> resize_relative_table(tensor_view<const T, 3> table, relative_grid 
     return std::string("grid is " + std::to_string(grid.rows) + " x " + std::to_string(grid.cols) +
                        ", expected rows, cols >= 1");
   });
-  detail::require_data(table, where, "table");
+  detail::require_view(table, where, "table");
   const index_t heads = table.extent(0), ih = table.extent(1), iw = table.extent(2);
   const index_t oh = 2 * grid.rows - 1, ow = 2 * grid.cols - 1;
   // per output index along one axis: the 4 input indices (clamped) and their weights

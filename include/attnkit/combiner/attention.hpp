@@ -35,9 +35,16 @@ void combiner_attention(tensor_view<const detail::identity_t<T>, 4> q,
   static_assert(detail::is_combiner_plan<Plan>,
                 "combiner_attention: plan is combiner::fixed, logsparse, axial or learnable");
   constexpr const char* where = "attnkit::combiner_attention";
-  const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out);
+  const detail::attention_shape s =
+      detail::check_attention_views(where, q, k, v, out, options.mask, /*allow_bias=*/false);
   const detail::combiner_call call = detail::check_combiner(where, s, k, plan, options);
+  if constexpr (std::is_same_v<Plan, combiner::learnable>)
+    detail::require_disjoint(where, detail::arg("out", out), detail::arg("plan.centroids", plan.centroids),
+                             detail::arg("plan.cluster_ids", plan.cluster_ids));
   if (out.empty()) return;
+  q = detail::addressable(q);
+  k = detail::addressable(k);
+  v = detail::addressable(v);
   const index_t G = s.group();
   auto len_of = [&](index_t b) {
     return options.mask.key_lengths ? static_cast<index_t>(options.mask.key_lengths(b)) : s.Lk;

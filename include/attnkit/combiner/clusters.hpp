@@ -20,6 +20,7 @@ namespace detail {
 /// Checks centroids [1 or Hkv, C >= 1, dk] (finite, non-null).
 inline void check_centroids(const tensor_view<const float, 3>& mu, index_t Hkv, index_t dk,
                             const char* where) {
+  require_view(mu, where, "centroids");
   require(mu.data() != nullptr && (mu.extent(0) == 1 || mu.extent(0) == Hkv) && mu.extent(1) >= 1 &&
               mu.extent(2) == dk,
           where, [&] {
@@ -86,7 +87,7 @@ template <class Arch = simd::native, class T>
 tensor<std::int32_t, 3> assign_clusters(tensor_view<const T, 4> k, tensor_view<const float, 3> centroids,
                                         const mask& m = {}) {
   constexpr const char* where = "attnkit::combiner::assign_clusters";
-  detail::require_data(k, where, "k");
+  detail::require_view(k, where, "k");
   detail::check_centroids(centroids, k.extent(1), k.extent(3), where);
   detail::check_mask(m, where, k.extent(0), k.extent(1), k.extent(2), k.extent(2), false);
   tensor<std::int32_t, 3> ids({k.extent(0), k.extent(1), k.extent(2)});
@@ -108,7 +109,7 @@ template <class Arch = simd::native, class T>
 tensor<float, 3> kmeans(tensor_view<const T, 4> k, index_t clusters, int iterations = 10,
                         std::uint64_t seed = 0, const mask& m = {}) {
   constexpr const char* where = "attnkit::combiner::kmeans";
-  detail::require_data(k, where, "k");
+  detail::require_view(k, where, "k");
   detail::require(clusters >= 1 && iterations >= 0, where, [&] {
     return std::string("clusters = " + std::to_string(clusters) + ", iterations = " +
                        std::to_string(iterations) + " (need clusters >= 1, iterations >= 0)");

@@ -103,7 +103,8 @@ tensor<T, 4> combiner_probabilities(tensor_view<const T, 4> q, tensor_view<const
   constexpr const char* where = "attnkit::combiner_probabilities";
   const tensor_view<const T, 4> v0(k.data(), {k.extent(0), k.extent(1), k.extent(2), 0}, k.strides());
   tensor_view<T, 4> o0(nullptr, {q.extent(0), q.extent(1), q.extent(2), 0}, {0, 0, 0, 0});
-  const detail::attention_shape s = detail::check_attention_views(where, q, k, v0, o0);
+  const detail::attention_shape s =
+      detail::check_attention_views(where, q, k, v0, o0, options.mask, /*allow_bias=*/false);
   const detail::combiner_call call = detail::check_combiner(where, s, k, plan, options);
   const index_t L = s.Lq, G = s.group();
   tensor<T, 4> p({s.B, s.H, L, L});

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include "check.hpp"
@@ -17,20 +18,13 @@ struct attention_shape {
   index_t group() const { return Hkv > 0 ? H / Hkv : 0; }
 };
 
-template <class V>
-void require_data(const V& x, const char* where, const char* name) {
-  require(x.data() != nullptr || x.size() == 0, where, [&] {
-    return std::string(std::string(name) + " has shape " + shape_string(x.extents()) +
-                       " but no data (null pointer)");
-  });
-}
-
-/// Checks the views of an attention call and returns its shape; throws invalid_argument naming
-/// the argument, the shape it got and the shape it expected.
+/// Checks the views and the mask of an attention call (check_mask; allow_bias: see there), and
+/// that out overlaps neither itself nor any input; returns the call's shape. Throws
+/// invalid_argument naming the argument, the shape it got and the shape it expected.
 template <class TQ, class TK, class TV, class TO>
 attention_shape check_attention_views(const char* where, const tensor_view<TQ, 4>& q,
                                       const tensor_view<TK, 4>& k, const tensor_view<TV, 4>& v,
-                                      const tensor_view<TO, 4>& out) {
+                                      const tensor_view<TO, 4>& out, const mask& m, bool allow_bias) {
   attention_shape s;
   s.B = q.extent(0);
   s.H = q.extent(1);
@@ -63,22 +57,35 @@ attention_shape check_attention_views(const char* where, const tensor_view<TQ, 4
   require(out.extents() == want_o, where, [&] {
     return std::string("out has shape " + shape_string(out.extents()) + ", expected " + shape_string(want_o));
   });
-  require_data(q, where, "q");
-  require_data(k, where, "k");
-  require_data(v, where, "v");
-  require_data(out, where, "out");
-  for (std::size_t d = 0; d < 4 && !out.empty(); ++d)
-    require(out.stride(d) != 0 || out.extent(d) <= 1, where, [&] {
-      return std::string("out has stride 0 in dimension " + std::to_string(d) + " (extent " +
-                         std::to_string(out.extent(d)) + "): outputs would overwrite each other");
-    });
+  require_view(q, where, "q");
+  require_view(k, where, "k");
+  require_view(v, where, "v");
+  check_mask(m, where, s.B, s.H, s.Lq, s.Lk, allow_bias);
+  require_output(where, arg("out", out), arg("q", q), arg("k", k), arg("v", v),
+                 arg("mask.key_lengths", m.key_lengths), arg("mask.bias", m.bias));
   return s;
 }
 
-/// Checks a scale (0: default 1/sqrt(dk)) and returns the one to use.
-inline double resolve_scale(double scale, index_t dk, const char* where) {
-  require(std::isfinite(scale), where,
-          [&] { return std::string("scale = " + std::to_string(scale) + " is not finite"); });
+/// x, or, when x has no elements and no data, a view of the same extents at the address of a
+/// static zero with strides 0: kernels may then form addresses from an empty input (dk = 0, no
+/// keys) without arithmetic on a null pointer. Nothing is read through it beyond that zero.
+template <class T, std::size_t R>
+tensor_view<const T, R> addressable(const tensor_view<const T, R>& x) {
+  alignas(64) static const T zero[64 / sizeof(T) * 2] = {};
+  if (x.data() != nullptr || x.size() != 0) return x;
+  return tensor_view<const T, R>(zero, x.extents(), {});
+}
+
+/// Checks a scale (0: default 1/sqrt(dk)) and returns the one to use: finite, and small enough
+/// that the kernels' scale * log2(e) is a finite T (|scale| <= max(T) / 2).
+template <class T>
+double resolve_scale(double scale, index_t dk, const char* where) {
+  require(std::isfinite(scale) && std::fabs(scale) <= static_cast<double>(std::numeric_limits<T>::max()) / 2,
+          where, [&] {
+            return std::string("scale = " + std::to_string(scale) +
+                               " is not finite or exceeds max(T) / 2 = " +
+                               std::to_string(static_cast<double>(std::numeric_limits<T>::max()) / 2));
+          });
   if (scale != 0.0) return scale;
   return dk > 0 ? 1.0 / std::sqrt(static_cast<double>(dk)) : 1.0;
 }

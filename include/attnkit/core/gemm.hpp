@@ -30,6 +30,9 @@ struct tile_args {
   T row_base = T(0);
   /// Not accumulating: col_max[col] = max(col_max[col], max_r C[r][col]) (may be null: skipped).
   T* col_max = nullptr;
+  /// Not accumulating, when > 0: C is saturated to [-saturate, saturate] before col_max and the
+  /// store, NaN to -saturate (logits: see saturate_logits in softmax.hpp).
+  T saturate = T(0);
 };
 
 /// How A is addressed: unit_col (a_cs == 1: rows of A are contiguous, e.g. K rows),
@@ -81,6 +84,12 @@ ATTNKIT_ALWAYS_INLINE void micro_kernel(index_t kc, const typename B::value_type
     }
   }
   if constexpr (!Accumulate) {
+    if (args.saturate > T(0)) {
+      // max(x, -s) returns -s for a NaN x (the x86 operand order, kept by every batch)
+      const B lo = B::broadcast(-args.saturate), hi = B::broadcast(args.saturate);
+      for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = min(max(acc[r][v], lo), hi);
+    }
     if (args.col_max) {
       for (int v = 0; v < NV; ++v) {
         B m = acc[0][v];

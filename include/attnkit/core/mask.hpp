@@ -54,10 +54,14 @@ inline visibility make_visibility(const mask& m, index_t b, index_t lq, index_t 
 /// `allow_bias` is false for operators that cannot honour an additive bias.
 inline void check_mask(const mask& m, const char* where, index_t B, index_t H, index_t lq, index_t lk,
                        bool allow_bias = true) {
-  require(m.key_lengths || m.key_lengths.size() == 0, where, [&] {
-    return std::string("mask.key_lengths has extents " + shape_string(m.key_lengths.extents()) +
-                       " but no data");
-  });
+  require(m.causal == causal_mode::none || m.causal == causal_mode::top_left ||
+              m.causal == causal_mode::bottom_right,
+          where, [&] {
+            return std::string("mask.causal = " + std::to_string(static_cast<int>(m.causal)) +
+                               " is not a causal_mode value (none, top_left, bottom_right)");
+          });
+  require_view(m.key_lengths, where, "mask.key_lengths");
+  require_view(m.bias, where, "mask.bias");
   if (m.key_lengths) {
     require(m.key_lengths.extent(0) == B, where, [&] {
       return std::string("mask.key_lengths has shape " + shape_string(m.key_lengths.extents()) +
@@ -79,10 +83,6 @@ inline void check_mask(const mask& m, const char* where, index_t B, index_t H, i
     require(ok, where, [&] {
       return std::string("mask.bias has shape " + shape_string(m.bias.extents()) + ", not broadcastable to " +
                          shape_string(full) + " (each extent must be 1 or full)");
-    });
-  } else if (m.bias.size() > 0) {
-    require(false, where, [&] {
-      return std::string("mask.bias has extents " + shape_string(m.bias.extents()) + " but no data");
     });
   }
 }

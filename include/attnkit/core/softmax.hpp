@@ -57,6 +57,25 @@ void softmax_inplace(T* x, index_t n) {
   for (i = 0; i < n; ++i) x[i] *= inv;
 }
 
+/// The largest magnitude of a logit, in the units the softmax exponentiates. Logits are saturated to
+/// [-logit_bound, logit_bound] where they are computed, so the difference of two is finite and a
+/// product that overflows (q.k beyond the range of T, or inf - inf inside a dot product) becomes
+/// a finite logit instead of +-inf or NaN: outputs stay finite for any finite q, k and scale.
+template <class T>
+inline constexpr T logit_bound = std::numeric_limits<T>::max() / 4;
+
+/// Saturates logits to [-logit_bound, logit_bound]; NaN becomes -logit_bound (no weight).
+template <class B>
+ATTNKIT_ALWAYS_INLINE B saturate_logits(B x) {
+  using T = typename B::value_type;
+  // max returns its second operand when the first is NaN
+  return min(max(x, B::broadcast(-logit_bound<T>)), B::broadcast(logit_bound<T>));
+}
+template <class T>
+ATTNKIT_ALWAYS_INLINE T saturate_logit(T x) {
+  return saturate_logits(simd::batch<T, simd::scalar>{x}).v;
+}
+
 /// Running state of a softmax computed block by block: max m and sum l of exp(x - m).
 /// Scores may be in natural units (use exp) or pre-multiplied by log2(e) (use exp2); the state
 /// only needs the matching exponential.

@@ -5,6 +5,7 @@
 #include <cassert>
 #include <cstddef>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <new>
 #include <type_traits>
@@ -48,11 +49,11 @@ class tensor_view {
   const extents_type& strides() const { return strides_; }
   index_t extent(std::size_t i) const { return extents_[i]; }
   index_t stride(std::size_t i) const { return strides_[i]; }
-  /// Number of elements (product of the extents).
+  /// Number of elements (the product of the extents; 0 when one is 0). Saturates at the largest
+  /// index_t when the product does not fit, as for extents no operator accepts (require_view).
   index_t size() const {
-    index_t n = 1;
-    for (auto e : extents_) n *= e;
-    return n;
+    const index_t n = detail::checked_count(extents_);
+    return n < 0 ? std::numeric_limits<index_t>::max() : n;
   }
   bool empty() const { return size() == 0; }
   /// True when the view points at memory; optional arguments (masks, bias) are absent otherwise.
@@ -71,14 +72,14 @@ class tensor_view {
   }
 
   /// Returns the address of element idx... without bounds checks: for address arithmetic where an
-  /// extent may be 0 (the pointer is then never dereferenced).
+  /// extent may be 0 (the pointer is then never dereferenced; null for a view without data).
   template <class... I>
   T* ptr(I... idx) const {
     static_assert(sizeof...(I) == Rank, "tensor_view: wrong number of indices");
     const index_t ix[] = {static_cast<index_t>(idx)...};
     index_t off = 0;
     for (std::size_t d = 0; d < Rank; ++d) off += ix[d] * strides_[d];
-    return data_ + off;
+    return data_ ? data_ + off : data_;
   }
 
   /// Fixes the first index: returns the rank-(Rank-1) view at `i`.
@@ -90,7 +91,7 @@ class tensor_view {
       e[d - 1] = extents_[d];
       s[d - 1] = strides_[d];
     }
-    return tensor_view<T, Rank - 1>(data_ + i * strides_[0], e, s);
+    return tensor_view<T, Rank - 1>(data_ ? data_ + i * strides_[0] : data_, e, s);
   }
 
  private:
@@ -115,12 +116,14 @@ class tensor {
 
   tensor() = default;
   explicit tensor(extents_type extents) : extents_(extents) {
-    index_t n = 1;
-    for (auto e : extents) {
-      detail::require(e >= 0, "tensor",
+    for (auto e : extents)
+      detail::require(e >= 0, "attnkit::tensor",
                       [&] { return std::string("negative extent in " + detail::shape_string(extents)); });
-      n *= e;
-    }
+    const index_t n = detail::checked_count(extents);
+    detail::require(
+        n >= 0 && static_cast<std::size_t>(n) <= std::numeric_limits<std::size_t>::max() / sizeof(T),
+        "attnkit::tensor",
+        [&] { return std::string("the size of " + detail::shape_string(extents) + " overflows"); });
     size_ = n;
     if (n > 0) {
       void* p = ::operator new[](static_cast<std::size_t>(n) * sizeof(T), std::align_val_t(64));

@@ -17,7 +17,6 @@ namespace detail {
 template <class T>
 double check_favor(const char* where, const attention_shape& s, const random_features<T>& features,
                    const favor_options& o) {
-  check_mask(o.mask, where, s.B, s.H, s.Lq, s.Lk, /*allow_bias=*/false);
   check_threads(o.threads, where);
   require(features.dim() == s.dk, where, [&] {
     return std::string("features have dimension d = " + std::to_string(features.dim()) +
@@ -29,7 +28,7 @@ double check_favor(const char* where, const attention_shape& s, const random_fea
   require(std::isfinite(o.relu_epsilon) && o.relu_epsilon >= 0, where, [&] {
     return std::string("relu_epsilon = " + std::to_string(o.relu_epsilon) + " (must be finite and >= 0)");
   });
-  const double scale = resolve_scale(o.scale, s.dk, where);
+  const double scale = resolve_scale<T>(o.scale, s.dk, where);
   require(scale > 0 || o.kernel == favor_kernel::relu, where, [&] {
     return std::string("scale = " + std::to_string(scale) +
                        ": the softmax kernels estimate exp(scale q.k) with scale > 0");
@@ -106,7 +105,8 @@ void favor_attention(tensor_view<const detail::identity_t<T>, 4> q,
                      const random_features<T>& features, const favor_options& options = {}) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "favor_attention: float or double");
   constexpr const char* where = "attnkit::favor_attention";
-  const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out);
+  const detail::attention_shape s =
+      detail::check_attention_views(where, q, k, v, out, options.mask, /*allow_bias=*/false);
   const double scale = detail::check_favor(where, s, features, options);
   const bool causal = options.causal || options.mask.causal != causal_mode::none;
   detail::require(!causal || s.Lq == s.Lk, where, [&] {
@@ -115,6 +115,9 @@ void favor_attention(tensor_view<const detail::identity_t<T>, 4> q,
                        " (to decode queries after a prefix, use attnkit::favor_decoder)");
   });
   if (out.empty()) return;
+  q = detail::addressable(q);
+  k = detail::addressable(k);
+  v = detail::addressable(v);
   const detail::favor_weights<T> w =
       detail::prepare_weights<Arch>(features, options.kernel, scale, options.relu_epsilon);
   if (!causal) {

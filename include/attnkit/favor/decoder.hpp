@@ -73,7 +73,9 @@ class favor_decoder {
   void check(const char* where, const tensor_view<const T, 4>& q, const tensor_view<const T, 4>& k,
              const tensor_view<const T, 4>& v, const tensor_view<T, 4>& out,
              const tensor_view<const std::int64_t, 1>& key_lengths, index_t want_len) const {
-    const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out);
+    mask m;
+    m.key_lengths = key_lengths;
+    const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out, m, false);
     const std::array<index_t, 4> want{shape_.B, shape_.H, want_len < 0 ? s.Lk : want_len, shape_.dk};
     detail::require(
         s.B == shape_.B && s.H == shape_.H && s.Hkv == shape_.Hkv && s.dk == shape_.dk && s.dv == shape_.dv &&
@@ -85,9 +87,6 @@ class favor_decoder {
                              ", Hkv = " + std::to_string(shape_.Hkv) + ", dv = " + std::to_string(shape_.dv) +
                              " and as many keys as queries");
         });
-    mask m;
-    m.key_lengths = key_lengths;
-    detail::check_mask(m, where, s.B, s.H, s.Lq, s.Lk, false);
   }
 
   void run(const tensor_view<const T, 4>& q, const tensor_view<const T, 4>& k,

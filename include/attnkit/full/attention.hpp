@@ -21,11 +21,13 @@ void full_attention(tensor_view<const detail::identity_t<T>, 4> q,
                     const attention_options& options = {}) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "full_attention: float or double");
   constexpr const char* where = "attnkit::full_attention";
-  const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out);
-  detail::check_mask(options.mask, where, s.B, s.H, s.Lq, s.Lk);
+  const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out, options.mask, true);
   detail::check_threads(options.threads, where);
-  const double scale = detail::resolve_scale(options.scale, s.dk, where);
+  const double scale = detail::resolve_scale<T>(options.scale, s.dk, where);
   if (out.empty()) return;
+  q = detail::addressable(q);
+  k = detail::addressable(k);
+  v = detail::addressable(v);
   using B = simd::batch<T, Arch>;
   constexpr index_t Br = detail::flash_tiling<T, Arch>::NV * B::size;
   // Few rows per kv head cannot fill a tile: dot-product kernel with keys split in chunks.

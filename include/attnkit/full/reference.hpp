@@ -20,10 +20,9 @@ void attention(tensor_view<const detail::identity_t<T>, 4> q, tensor_view<const 
                const attention_options& options = {}) {
   using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   constexpr const char* where = "attnkit::reference::attention";
-  const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out);
-  detail::check_mask(options.mask, where, s.B, s.H, s.Lq, s.Lk);
+  const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out, options.mask, true);
   detail::check_threads(options.threads, where);
-  const T scale = static_cast<T>(detail::resolve_scale(options.scale, s.dk, where));
+  const T scale = static_cast<T>(detail::resolve_scale<T>(options.scale, s.dk, where));
   if (out.empty()) return;
   const auto bias = options.mask.bias ? detail::broadcast_bias(options.mask.bias, s.B, s.H, s.Lq, s.Lk)
                                       : tensor_view<const float, 4>{};

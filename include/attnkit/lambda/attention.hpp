@@ -33,6 +33,9 @@ void lambda_attention(tensor_view<const detail::identity_t<T>, 4> queries,
   constexpr const char* where = "attnkit::lambda_attention";
   const detail::lambda_shape s = detail::check_lambda(where, queries, keys, values, position, out, options);
   if (out.empty()) return;
+  queries = detail::addressable(queries);
+  keys = detail::addressable(keys);
+  values = detail::addressable(values);
   detail::lambda_kernel<Arch, T>(s, queries, keys, values, position, out, options).run();
 }
 

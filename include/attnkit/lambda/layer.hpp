@@ -163,7 +163,8 @@ class lambda_layer {
     constexpr const char* where = "attnkit::lambda_layer::forward";
     check_input(where, "x", x, "[b, n, d=");
     const index_t B = x.extent(0), n = x.extent(1);
-    check_out(where, out, std::array<index_t, 3>{B, n, out_channels()}, "[b, n, h * v]");
+    check_out(where, "out", out, std::array<index_t, 3>{B, n, out_channels()}, "[b, n, h * v]",
+              detail::arg("x", x));
     check_position(where, n, n, nullptr);
     const rows x_rows = rows_of(x);
     run(where, x_rows, nullptr, B, n, n, lambda_grid{1, 0}, out, options);
@@ -182,7 +183,8 @@ class lambda_layer {
                          ", expected [b=" + std::to_string(B) + ", m, d=" + std::to_string(c_.d) +
                          "] for x " + detail::shape_string(x.extents()));
     });
-    check_out(where, out, std::array<index_t, 3>{B, n, out_channels()}, "[b, n, h * v]");
+    check_out(where, "out", out, std::array<index_t, 3>{B, n, out_channels()}, "[b, n, h * v]",
+              detail::arg("x", x), detail::arg("context", context));
     check_position(where, n, m, nullptr);
     const rows x_rows = rows_of(x), c_rows = rows_of(context);
     run(where, x_rows, &c_rows, B, n, m, lambda_grid{1, 0}, out, options);
@@ -193,7 +195,8 @@ class lambda_layer {
     constexpr const char* where = "attnkit::lambda_layer::forward";
     check_input(where, "x", x, "[b, H, W, d=");
     const index_t B = x.extent(0), H = x.extent(1), Wd = x.extent(2), n = H * Wd;
-    check_out(where, out, std::array<index_t, 4>{B, H, Wd, out_channels()}, "[b, H, W, h * v]");
+    check_out(where, "out", out, std::array<index_t, 4>{B, H, Wd, out_channels()}, "[b, H, W, h * v]",
+              detail::arg("x", x));
     const lambda_grid map{H, Wd}, grid = n > 0 ? map : lambda_grid{};  // an empty map: no positions
     check_position(where, n, n, &map);
     rows x_rows{x.data(), B, 1, n, x.stride(0), 0, x.stride(2), x.stride(3)};
@@ -227,9 +230,13 @@ class lambda_layer {
       return std::string("context has shape " + detail::shape_string(context.extents()) +
                          ", expected [b=" + std::to_string(B) + ", m, d]");
     });
-    check_out(where, queries, std::array<index_t, 4>{B, n, c_.heads, c_.k}, "[b, n, h, k]", "queries");
-    check_out(where, keys, std::array<index_t, 4>{B, m, c_.k, c_.u}, "[b, m, k, u]", "keys");
-    check_out(where, values, std::array<index_t, 4>{B, m, c_.v, c_.u}, "[b, m, v, u]", "values");
+    const auto in_x = detail::arg("x", x), in_context = detail::arg("context", context);
+    check_out(where, "queries", queries, std::array<index_t, 4>{B, n, c_.heads, c_.k}, "[b, n, h, k]", in_x,
+              in_context, detail::arg("keys", keys), detail::arg("values", values));
+    check_out(where, "keys", keys, std::array<index_t, 4>{B, m, c_.k, c_.u}, "[b, m, k, u]", in_x, in_context,
+              detail::arg("values", values));
+    check_out(where, "values", values, std::array<index_t, 4>{B, m, c_.v, c_.u}, "[b, m, v, u]", in_x,
+              in_context);
     detail::check_threads(threads, where);
     const rows x_rows = rows_of(x), c_rows = rows_of(context);
     const auto p = project_all(x_rows, &c_rows, B, n, m, threads);
@@ -354,7 +361,7 @@ class lambda_layer {
         return std::string(names[i]) + " has shape " + detail::shape_string(views[i]->extents()) +
                ", expected [" + std::to_string(ch) + "] (one per channel)";
       });
-      detail::require_data(*views[i], where, names[i]);
+      detail::require_view(*views[i], where, names[i]);
     }
     for (index_t c = 0; c < ch; ++c)
       detail::require(static_cast<double>(var(c)) + eps > 0, where, [&] {
@@ -470,22 +477,19 @@ class lambda_layer {
       return std::string(name) + " has shape " + detail::shape_string(x.extents()) + ", expected " + want +
              std::to_string(c_.d) + "]";
     });
-    detail::require_data(x, where, name);
+    detail::require_view(x, where, name);
   }
 
-  template <std::size_t R>
-  static void check_out(const char* where, const tensor_view<T, R>& out, const std::array<index_t, R>& want,
-                        const char* layout_name, const char* name = "out") {
+  /// Checks the output `name` (extents `want`) and that it overlaps none of `inputs`.
+  template <std::size_t R, class... I>
+  static void check_out(const char* where, const char* name, const tensor_view<T, R>& out,
+                        const std::array<index_t, R>& want, const char* layout_name,
+                        const detail::named_view<I>&... inputs) {
     detail::require(out.extents() == want, where, [&] {
       return std::string(name) + " has shape " + detail::shape_string(out.extents()) + ", expected " +
              detail::shape_string(want) + " " + layout_name;
     });
-    detail::require_data(out, where, name);
-    for (std::size_t i = 0; i < R && !out.empty(); ++i)
-      detail::require(out.stride(i) != 0 || out.extent(i) <= 1, where, [&] {
-        return std::string(name) + " has stride 0 in dimension " + std::to_string(i) + " (extent " +
-               std::to_string(out.extent(i)) + "): outputs would overwrite each other";
-      });
+    detail::require_output(where, detail::arg(name, out), inputs...);
   }
 
   /// The position term fits n queries over m context positions (grid: a feature map call).

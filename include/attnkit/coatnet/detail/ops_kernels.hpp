@@ -128,18 +128,13 @@ void check_shape(const V& x, const std::array<index_t, N>& want, const char* whe
   require(x.extents() == want, where, [&] {
     return std::string(name) + " has shape " + shape_string(x.extents()) + ", expected " + shape_string(want);
   });
-  require_data(x, where, name);
+  require_view(x, where, name);
 }
 
-/// Throws when out writes one element twice (stride 0 on an extent > 1) or has no data.
-template <class V>
-void check_output(const V& out, const char* where) {
-  require_data(out, where, "out");
-  for (std::size_t d = 0; d < V::rank && !out.empty(); ++d)
-    require(out.stride(d) != 0 || out.extent(d) <= 1, where, [&] {
-      return std::string("out has stride 0 in dimension " + std::to_string(d) + " (extent " +
-                         std::to_string(out.extent(d)) + "): outputs would overwrite each other");
-    });
+/// Throws when out writes one element twice, has no data, or overlaps one of `inputs` in memory.
+template <class V, class... I>
+void check_output(const V& out, const char* where, const named_view<I>&... inputs) {
+  require_output(where, arg("out", out), inputs...);
 }
 
 /// Weights repacked for the block product: wp[k][co] (k < K, co < np, zero padded to whole

@@ -109,10 +109,8 @@ class relative_task {
           T* dst = st + jj * ld;
           for (index_t cv = 0; cv < nvec; ++cv) {
             const int m = static_cast<int>(std::min<index_t>(W, n - cv * W));
-            if (m == W)
-              (B::load(dst + cv * W) + B::load(src + cv * W)).store(dst + cv * W);
-            else
-              (B::load(dst + cv * W) + B::load_partial(src + cv * W, m)).store(dst + cv * W);
+            const B w = m == W ? B::load(src + cv * W) : B::load_partial(src + cv * W, m);
+            saturate_logits(B::load(dst + cv * W) + w).store(dst + cv * W);
           }
         }
       };

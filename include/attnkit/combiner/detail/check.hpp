@@ -31,9 +31,8 @@ template <class T, class Plan>
 combiner_call check_combiner(const char* where, const attention_shape& s, const tensor_view<const T, 4>& k,
                              const Plan& plan, const combiner_options& o) {
   combiner_call c;
-  check_mask(o.mask, where, s.B, s.H, s.Lq, s.Lk, /*allow_bias=*/false);
   check_threads(o.threads, where);
-  c.scale = resolve_scale(o.scale, s.dk, where);
+  c.scale = resolve_scale<T>(o.scale, s.dk, where);
   c.causal = o.causal || o.mask.causal != causal_mode::none;
   require(s.Lq == s.Lk, where, [&] {
     return std::string(
@@ -49,7 +48,8 @@ combiner_call check_combiner(const char* where, const attention_shape& s, const 
     require(plan.span >= 0, where, [&] {
       return std::string("span = " + std::to_string(plan.span) + " (0: ceil(sqrt(L)), else >= 1)");
     });
-    if (plan.span > 0) c.span = static_cast<index_t>(plan.span);
+    // A span of L or more is one segment (the plan is then exact attention, causal or not).
+    if (plan.span > 0) c.span = std::min<index_t>(static_cast<index_t>(plan.span), std::max<index_t>(L, 1));
   }
   if constexpr (std::is_same_v<Plan, combiner::axial>) {
     require(grid_covers(plan.rows, plan.cols, L), where, [&] {
@@ -70,6 +70,7 @@ combiner_call check_combiner(const char* where, const attention_shape& s, const 
     if (has_mu) check_centroids(plan.centroids, s.Hkv, s.dk, where);
     if (has_ids) {
       const auto& id = plan.cluster_ids;
+      require_view(id, where, "cluster_ids");
       require((id.extent(0) == 1 || id.extent(0) == s.B) && (id.extent(1) == 1 || id.extent(1) == s.Hkv) &&
                   id.extent(2) == L,
               where, [&] {

@@ -386,7 +386,7 @@ void pooled_summary(const tensor_view<const T, 4>& q, const tensor_view<const T,
   // e = softmax-weighted values
   T m = -std::numeric_limits<T>::infinity();
   for (index_t t = 0; t < n; ++t) {
-    w.logits[static_cast<std::size_t>(t)] = scale * dot<Arch>(qp, kc + t * dk, dk);
+    w.logits[static_cast<std::size_t>(t)] = saturate_logit(scale * dot<Arch>(qp, kc + t * dk, dk));
     m = std::max(m, w.logits[static_cast<std::size_t>(t)]);
   }
   std::fill(es, es + dv, T(0));

@@ -305,7 +305,7 @@ void combiner_logsparse(const combiner_head<T>& hd, combiner_workspace<Arch, T>&
   auto lane_lt = [&](int b, index_t n) {
     return Bt::iota() + Bt::broadcast(static_cast<T>(b * W)) < Bt::broadcast(static_cast<T>(n));
   };
-  // x[0..C) = qs2 * (panel A . panel Bp) lane by lane; Bp == nullptr: the row brow broadcast
+  // x[0..C) = qs2 * (panel A . panel Bp) lane by lane, saturated; Bp == nullptr: the row brow broadcast
   auto logits = [&](const T* A, const T* Bp, const T* brow, T* x) {
     Bt a[NB];
     for (int b = 0; b < NB; ++b) a[b] = Bt::zero();
@@ -320,7 +320,7 @@ void combiner_logsparse(const combiner_head<T>& hd, combiner_workspace<Arch, T>&
       }
     }
     const Bt s = Bt::broadcast(qs2);
-    for (int b = 0; b < NB; ++b) (a[b] * s).store(x + b * W);
+    for (int b = 0; b < NB; ++b) saturate_logits(a[b] * s).store(x + b * W);
   };
   auto panel = [&](T* dst, index_t d, auto&& row) { rows_to_panel<Arch, T>(C, d, row, dst, C); };
 

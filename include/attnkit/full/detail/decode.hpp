@@ -63,8 +63,8 @@ void decode_attention(const attention_shape& s, const tensor_view<const T, 4>& q
           for (index_t p = 0; p < s.dk; ++p) krow[p] = kr[p * k.stride(3)];
           kr = krow;
         }
-        T sj = dot<Arch>(qv, kr, s.dk);
-        if (bias) sj += static_cast<T>(bias(b, h, i, j)) * T(1.4426950408889634074);
+        T sj = saturate_logit(dot<Arch>(qv, kr, s.dk));
+        if (bias) sj = saturate_logit(sj + static_cast<T>(bias(b, h, i, j)) * T(1.4426950408889634074));
         sc[j - j0] = sj;
         m = std::max(m, sj);
       }

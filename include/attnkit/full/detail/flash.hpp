@@ -142,8 +142,9 @@ struct value_source {
 };
 
 /// Consumes one block of nk keys (key j0 + jj of the column block's numbering at kp + jj * sk_j)
-/// into the online softmax of the columns of cb: S^T = K_blk Q^T; `hook(st)` may then change the
-/// scaled logits (add a bias, set -inf where a key is hidden from a column) when hook_active;
+/// into the online softmax of the columns of cb: S^T = K_blk Q^T (saturated: saturate_logits);
+/// `hook(st)` may then change the scaled logits (add a bias and saturate the sum, set -inf where a
+/// key is hidden from a column) when hook_active;
 /// keys at or past a column's kend are hidden from it and never reach its output (not even NaN);
 /// O^T = O^T alpha + V_blk^T P^T for every value source.
 /// NA of the tiling's NV column registers are active (cb.ncols <= NA * W == cb.ld, the column
@@ -165,6 +166,7 @@ void flash_step_cols(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, c
   T* mnew = cb.mnew.data();
   std::copy(cb.m.data(), cb.m.data() + Br, mnew);
   tile_args<T> g1;
+  g1.saturate = logit_bound<T>;
   if (fused_max) g1.col_max = mnew;
   // S^T = K_blk * Q^T
   block_product<B, MR, NA, false, false, a_layout::unit_col>(nk, dk, kp, sk_j, sk_d, cb.qt.data(), Br, st, Br,
@@ -336,7 +338,9 @@ class flash_task {
     auto add_bias = [&](T* st) {
       for (index_t jj = 0; jj < nk; ++jj)
         for (index_t c = 0; c < cb.ncols; ++c)
-          st[jj * cb.ld + c] += static_cast<T>(bias_(b, cb.col_head[c], cb.col_query[c], j0 + jj)) * log2e;
+          st[jj * cb.ld + c] =
+              saturate_logit(st[jj * cb.ld + c] +
+                             static_cast<T>(bias_(b, cb.col_head[c], cb.col_query[c], j0 + jj)) * log2e);
     };
     flash_step<Arch>(cb, s_.dk, j0, nk, kb + j0 * k_.stride(2), k_.stride(2), k_.stride(3), &vs, 1,
                      static_cast<bool>(bias_), add_bias);

@@ -48,20 +48,15 @@ lambda_shape check_lambda(const char* where, const tensor_view<const T, 4>& q,
                        ", expected [b=" + std::to_string(s.B) + ", m=" + std::to_string(s.m) +
                        ", v, u=" + std::to_string(s.u) + "] for keys " + shape_string(want_k));
   });
-  const std::array<index_t, 3> want_o{s.B, s.n, s.h * s.v};
+  const index_t hv = checked_product(s.h, s.v);  // -1 (no view has it) when h * v overflows
+  const std::array<index_t, 3> want_o{s.B, s.n, hv};
   require(out.extents() == want_o, where, [&] {
     return std::string("out has shape " + shape_string(out.extents()) + ", expected " + shape_string(want_o) +
                        " [b, n, h * v]");
   });
-  require_data(q, where, "queries");
-  require_data(k, where, "keys");
-  require_data(v, where, "values");
-  require_data(out, where, "out");
-  for (std::size_t d = 0; d < 3 && !out.empty(); ++d)
-    require(out.stride(d) != 0 || out.extent(d) <= 1, where, [&] {
-      return std::string("out has stride 0 in dimension " + std::to_string(d) + " (extent " +
-                         std::to_string(out.extent(d)) + "): outputs would overwrite each other");
-    });
+  require_view(q, where, "queries");
+  require_view(k, where, "keys");
+  require_view(v, where, "values");
   check_mask(o.mask, where, s.B, 1, s.n, s.m, /*allow_bias=*/false);
   check_threads(o.threads, where);
   s.causal = o.causal || o.mask.causal != causal_mode::none;
@@ -80,7 +75,7 @@ lambda_shape check_lambda(const char* where, const tensor_view<const T, 4>& q,
         return std::string("global embeddings have shape " + shape_string(e.extents()) + ", expected " +
                            shape_string(want) + " [n, m, k, u]");
       });
-      require_data(e, where, "global embeddings");
+      require_view(e, where, "global embeddings");
       break;
     }
     case lambda_position_kind::relative:
@@ -119,12 +114,15 @@ lambda_shape check_lambda(const char* where, const tensor_view<const T, 4>& q,
                                      "] with odd scopes rh, rw >= 1 (1D: [1, r, k, u])");
                 });
       }
-      require_data(t, where, rel ? "relative table" : "local table");
+      require_view(t, where, rel ? "relative table" : "local table");
       break;
     }
     default:
       require(false, where, "position.kind is not a lambda_position_kind value");
   }
+  require_output(where, arg("out", out), arg("queries", q), arg("keys", k), arg("values", v),
+                 arg("position embeddings", pos.embeddings), arg("position table", pos.table),
+                 arg("mask.key_lengths", o.mask.key_lengths));
   return s;
 }
 
