@@ -1079,7 +1079,9 @@ struct coatnet_case {
         logits({batch_, cfg.num_classes}) {
     fill_uniform(images.data(), images.size(), 5, -2.0f, 2.0f);
     std::uint64_t seed = 100;
-    for (const auto& [name, shape] : net.parameters()) {
+    for (const auto& param : net.parameters()) {
+      const std::string& name = param.first;  // not a structured binding: the lambda below captures it
+      const auto& shape = param.second;
       index_t n = 1;
       for (index_t e : shape) n *= e;
       std::vector<float> v(static_cast<std::size_t>(n));

@@ -469,8 +469,10 @@ TEMPLATE_TEST_CASE("full_attention: strided, padded, transposed and [B,S,H,D] vi
 TEMPLATE_TEST_CASE("full_attention: q, k, v slices of a packed QKV buffer", "[attention][layout]", float,
                    double) {
   using T = TestType;
-  for (auto [H, Hkv, S] :
+  for (const auto& shape :
        {std::tuple<index_t, index_t, index_t>{4, 4, 37}, {8, 2, 37}, {8, 1, 3}, {2, 1, 1}}) {
+    // named copies, not structured bindings: C++17 lambdas cannot capture those (clang)
+    const index_t H = std::get<0>(shape), Hkv = std::get<1>(shape), S = std::get<2>(shape);
     const index_t B = 2, D = 16, P = H + 2 * Hkv;
     std::vector<T> packed(static_cast<std::size_t>(B * S * P * D));
     auto gen = seeded_rng(800 + static_cast<std::uint64_t>(H * 100 + S));

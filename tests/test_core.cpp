@@ -130,7 +130,8 @@ TEST_CASE("tensor: 64-byte alignment, zero initialization, deep copies", "[core]
     CHECK(assigned.extents() == copy.extents());
     CHECK(assigned(0, 0) == 7.0f);
     CHECK(assigned.data() != copy.data());
-    assigned = assigned;  // self-assignment keeps the contents
+    const auto& self = assigned;
+    assigned = self;  // self-assignment keeps the contents
     CHECK(assigned(0, 0) == 7.0f);
     // moves transfer the storage
     float* p = copy.data();

@@ -563,4 +563,108 @@ TEST_CASE("safetensors: writer errors", "[io]") {
   CHECK(safetensors_file(p.path).entries().empty());
 }
 
+TEST_CASE("safetensors: hostile headers: deep nesting, NUL bytes, repeated keys in entries", "[io]") {
+  auto expect = [](const std::string& header, const std::string& data, const std::string& needle) {
+    const std::string bytes = st_bytes(header, data);
+    INFO("header: " << header.substr(0, 120) << "\nexpected: " << needle);
+    CHECK_THROWS_AS(safetensors_file::from_memory(bytes.data(), bytes.size(), "mem"), std::runtime_error);
+    CHECK_THROWS_WITH(safetensors_file::from_memory(bytes.data(), bytes.size(), "mem"),
+                      StartsWith(prefix("mem")) && Contains(needle));
+    temp_path p;  // the file reader says the same
+    write_bytes(p.path, bytes);
+    CHECK_THROWS_WITH(safetensors_file(p.path), StartsWith(prefix(p.path)) && Contains(needle));
+  };
+  const std::string w = entry("w", "F32", "[1]", 0, 4), four(4, '\0');
+  // 100,000 nested arrays (200 KB) as an entry, as a shape, as a metadata value; nested objects
+  const std::string open(100000, '['), close(100000, ']');
+  std::string objects;
+  for (int i = 0; i < 100000; ++i) objects += "{\"a\":";
+  objects += "1" + std::string(100000, '}');
+  const std::string deep = "values nest deeper than 64 levels";
+  expect("{\"w\":" + open + close + "}", "", deep);
+  expect(R"({"w":{"dtype":"F32","shape":)" + open + close + R"(,"data_offsets":[0,4]}})", four, deep);
+  expect(R"({"__metadata__":{"a":)" + open + close + "}}", "", deep);
+  expect("{\"w\":" + objects + "}", "", deep);
+  // 64 levels is the limit; at 63 the value is rejected for what it is, quoted briefly
+  expect("{\"w\":" + std::string(62, '[') + std::string(62, ']') + "}", "",
+         "tensor \"w\": the entry is not a JSON object ([[[[");
+  // a NUL ends the text for nlohmann's lexer: bytes after one would otherwise be ignored
+  const std::string head = "{" + w + "}";
+  expect(head + std::string(1, '\0') + "{\"x\":1}", four,
+         "NUL byte at offset " + std::to_string(head.size()));
+  expect(std::string("{\"a\":\"b\0c\"}", 11), "", "NUL byte at offset 7");
+  // repeated keys inside an entry (the last "dtype" would win) or the metadata
+  expect(R"({"w":{"dtype":"F32","dtype":"I8","shape":[1],"data_offsets":[0,4]}})", four,
+         "duplicate key \"dtype\" in an object of the header");
+  expect(R"({"w":{"dtype":"F32","shape":[1],"shape":[4],"data_offsets":[0,4]}})", four,
+         "duplicate key \"shape\"");
+  expect(R"({"__metadata__":{"a":"x","a":"y"}})", "", "duplicate key \"a\" in an object of the header");
+  // same keys in different objects are fine
+  const std::string ok = "{" + entry("a", "F32", "[1]", 0, 4) + "," + entry("b", "F32", "[1]", 4, 8) + "}";
+  const std::string bytes = st_bytes(ok, std::string(8, '\0'));
+  CHECK(safetensors_file::from_memory(bytes.data(), bytes.size()).entries().size() == 2);
+}
+
+TEST_CASE("safetensors: error messages quote a bounded excerpt of any name or value", "[io]") {
+  auto message = [](const std::string& header, const std::string& data) {
+    const std::string bytes = st_bytes(header, data);
+    try {
+      safetensors_file::from_memory(bytes.data(), bytes.size(), "mem");
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    FAIL("no error");
+    return std::string();
+  };
+  const std::string huge(1 << 20, 'x');  // 1 MB
+  std::string ones = "[";
+  for (int i = 0; i < 100000; ++i) ones += i ? ",1" : "1";
+  ones += "]";
+  const std::string bad_values[] = {
+      "{\"w\":\"" + huge + "\"}",  // entry not an object
+      "{\"" + huge +
+          "\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,0]}}",       // long name, bad offsets
+      R"({"w":{"dtype":")" + huge + R"(","shape":[1],"data_offsets":[0,4]}})",  // unsupported dtype
+      R"({"w":{"dtype":"F32","shape":)" + ones + R"(,"data_offsets":[0,8]}})",  // rank 100000, 4 bytes
+      R"({"w":{"dtype":"F32","shape":[-1)" + ones.substr(1) + R"(,"data_offsets":[0,4]}})",
+      R"({"__metadata__":{")" + huge + R"(":)" + ones + "}}",
+      "{\"" + huge + "\":1,\"" + huge + "\":2}",  // a duplicate key of 1 MB
+      "{\"w\":" + ones + "}"};
+  for (const std::string& h : bad_values) {
+    const std::string what = message(h, std::string(4, '\0'));
+    INFO(what.substr(0, 300));
+    CHECK(what.size() < 800);
+  }
+  // read() and read_tensor() quote the caller's name briefly too
+  const std::string bytes = st_bytes("{" + entry("w", "F32", "[1]", 0, 4) + "}", std::string(4, '\0'));
+  const auto f = safetensors_file::from_memory(bytes.data(), bytes.size(), "mem");
+  float x = 0;
+  try {
+    f.read(huge, &x, 1);
+    FAIL("no error");
+  } catch (const std::runtime_error& e) {
+    CHECK(std::string(e.what()).size() < 400);
+  }
+}
+
+TEST_CASE("safetensors: from_memory reads what the file reader reads", "[io]") {
+  temp_path p;
+  const float a[6] = {1, -2, 3.5f, 4, 5, 6};
+  const double b[2] = {0.25, -1e300};
+  attnkit::io::write_safetensors<float>(p.path, {{"a", {{2, 3}, a}}}, {{"format", "pt"}});
+  const std::string bytes = read_bytes(p.path);
+  const auto f = safetensors_file::from_memory(bytes.data(), bytes.size());
+  CHECK(f.path() == "<memory>");
+  CHECK(f.metadata().at("format") == "pt");
+  const auto t = f.read_tensor<float, 2>("a");
+  CHECK(std::equal(a, a + 6, t.data()));
+  CHECK_THROWS_WITH(safetensors_file::from_memory(nullptr, 3, "buf"),
+                    prefix("buf") + "null buffer of 3 bytes");
+  CHECK_THROWS_WITH(safetensors_file::from_memory(bytes.data(), 5, "buf"),
+                    Contains("truncated: the file has 5 bytes"));
+  attnkit::io::write_safetensors<double>(p.path, {{"b", {{2}, b}}});
+  const std::string bd = read_bytes(p.path);
+  CHECK(safetensors_file::from_memory(bd.data(), bd.size()).read_tensor<double, 1>("b")(1) == -1e300);
+}
+
 #endif  // ATTNKIT_HAVE_NLOHMANN_JSON

@@ -7,12 +7,15 @@
 //                "name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}, ...}
 //   the rest    the byte buffer; [begin, end) are byte offsets inside it, the tensors are
 //               little-endian and row-major
-// The reader follows the reference implementation's checks: the header is at most 100 MB, keys are
-// unique, end - begin is exactly numel * itemsize, and the tensors cover the byte buffer entirely,
-// without holes or overlaps (empty tensors take no bytes). A file failing any check throws
+// The reader follows the reference implementation's checks: the header is at most 100 MB of JSON
+// text (no NUL byte: readers that stop at one would see another header), no object repeats a key
+// (at any depth), values nest at most 64 deep (a valid header needs 3), end - begin is exactly
+// numel * itemsize, and the tensors cover the byte buffer entirely, without holes or overlaps
+// (empty tensors take no bytes). A file failing any check throws
 // std::runtime_error("attnkit::io::safetensors_file: <path>: <what>") from the constructor, before
 // any tensor is read; so do read() and read_tensor() for an absent name, a wrong count or rank, or
-// a value the destination type cannot hold.
+// a value the destination type cannot hold. Messages quote at most a few hundred bytes of a name
+// or value, whatever the file holds.
 //
 //   attnkit::io::safetensors_file f("model.safetensors");
 //   auto w = f.read_tensor<float, 2>("encoder.proj.weight");   // F32, F16, BF16, ... -> float
@@ -151,10 +154,50 @@ struct safetensors_entry {
 
 namespace detail {
 
+/// "[a, b, ...]": at most the first 16 extents of a shape (a file may give it any rank).
 inline std::string shape_string(const std::vector<index_t>& s) {
   std::string r = "[";
-  for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
+  for (std::size_t i = 0; i < s.size() && i < 16; ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + (s.size() > 16 ? ", ... (rank " + std::to_string(s.size()) + ")]" : "]");
+}
+
+/// The longest excerpt of a name or JSON value an error message quotes.
+constexpr std::size_t quote_limit = 200;
+
+/// s, cut to quote_limit bytes (at a UTF-8 character boundary) with "..." when longer.
+inline std::string brief(const std::string& s) {
+  if (s.size() <= quote_limit) return s;
+  std::size_t n = quote_limit;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0u) == 0x80u) --n;
+  return s.substr(0, n) + "...";
+}
+
+/// Appends JSON text of v to out until out holds more than quote_limit bytes (then "..."): a
+/// bounded excerpt of any value, recursing no deeper than out's budget allows.
+inline void brief_json(const nlohmann::json& v, std::string& out) {
+  if (out.size() > quote_limit) return;
+  if (v.is_array() || v.is_object()) {
+    out += v.is_array() ? '[' : '{';
+    bool first = true;
+    for (auto it = v.begin(); it != v.end(); ++it) {
+      if (out.size() > quote_limit) {
+        out += "...";
+        return;
+      }
+      if (!first) out += ", ";
+      first = false;
+      if (v.is_object()) out += nlohmann::json(brief(it.key())).dump() + ": ";
+      brief_json(it.value(), out);
+    }
+    out += v.is_array() ? ']' : '}';
+  } else {
+    out += v.is_string() ? nlohmann::json(brief(v.get_ref<const std::string&>())).dump() : v.dump();
+  }
+}
+inline std::string brief(const nlohmann::json& v) {
+  std::string out;
+  brief_json(v, out);
+  return brief(out);
 }
 
 template <class U>
@@ -209,6 +252,21 @@ class safetensors_file {
   /// the problem.
   explicit safetensors_file(const std::string& path) : path_(path) { load(); }
 
+  /// Reads a safetensors file held in memory (the `size` bytes at `bytes`, copied), validated as
+  /// the constructor validates a file; `name` stands for the path in error messages.
+  static safetensors_file from_memory(const void* bytes, std::size_t size,
+                                      const std::string& name = "<memory>") {
+    safetensors_file f;
+    f.path_ = name;
+    const auto* p = static_cast<const unsigned char*>(bytes);
+    if (size > 0 && p == nullptr) f.fail("null buffer of " + std::to_string(size) + " bytes");
+    const std::uint64_t header_len = f.check_lengths(size, size >= 8 ? detail::load_le<std::uint64_t>(p) : 0);
+    const std::string header(reinterpret_cast<const char*>(p) + 8, static_cast<std::size_t>(header_len));
+    f.data_.assign(p + 8 + header_len, p + size);
+    f.parse_header(header, f.data_.size());
+    return f;
+  }
+
   const std::string& path() const { return path_; }
   /// The tensors, sorted by name.
   const std::vector<safetensors_entry>& entries() const { return entries_; }
@@ -230,13 +288,14 @@ class safetensors_file {
     static_assert(std::is_arithmetic_v<T>, "safetensors_file::read: T must be an arithmetic type");
     const safetensors_entry& e = entry(name);
     if (count != e.numel())
-      fail("read(\"" + name + "\"): count = " + std::to_string(count) + " but the tensor has shape " +
-           detail::shape_string(e.shape) + " (" + std::to_string(e.numel()) + " elements)");
-    if (count > 0 && dst == nullptr) fail("read(\"" + name + "\"): dst is a null pointer");
+      fail("read(\"" + detail::brief(name) + "\"): count = " + std::to_string(count) +
+           " but the tensor has shape " + detail::shape_string(e.shape) + " (" + std::to_string(e.numel()) +
+           " elements)");
+    if (count > 0 && dst == nullptr) fail("read(\"" + detail::brief(name) + "\"): dst is a null pointer");
     const bool float_type =
         e.type == dtype::f64 || e.type == dtype::f32 || e.type == dtype::f16 || e.type == dtype::bf16;
     if (!std::is_floating_point_v<T> && float_type)
-      fail("read(\"" + name + "\"): cannot convert the " + dtype_name(e.type) +
+      fail("read(\"" + detail::brief(name) + "\"): cannot convert the " + dtype_name(e.type) +
            " tensor to an integer type; read it as float or double");
     const unsigned char* p = data_.data() + e.begin;
     const std::size_t n = static_cast<std::size_t>(count);
@@ -298,8 +357,9 @@ class safetensors_file {
   tensor<T, N> read_tensor(const std::string& name) const {
     const safetensors_entry& e = entry(name);
     if (e.shape.size() != N)
-      fail("read_tensor(\"" + name + "\"): the tensor has shape " + detail::shape_string(e.shape) +
-           " (rank " + std::to_string(e.shape.size()) + "), expected rank " + std::to_string(N));
+      fail("read_tensor(\"" + detail::brief(name) + "\"): the tensor has shape " +
+           detail::shape_string(e.shape) + " (rank " + std::to_string(e.shape.size()) + "), expected rank " +
+           std::to_string(N));
     std::array<index_t, N> extents{};
     for (std::size_t d = 0; d < N; ++d) extents[d] = e.shape[d];
     tensor<T, N> t(extents);
@@ -309,14 +369,17 @@ class safetensors_file {
 
  private:
   static constexpr std::uint64_t max_header_bytes = 100'000'000;  // the reference implementation's limit
+  static constexpr int max_depth = 64;  // nesting of JSON values in the header (a valid one has 3)
 
   [[noreturn]] void fail(const std::string& what) const {
     throw std::runtime_error("attnkit::io::safetensors_file: " + path_ + ": " + what);
   }
 
+  safetensors_file() = default;
+
   const safetensors_entry& entry(const std::string& name) const {
     const safetensors_entry* e = find(name);
-    if (e == nullptr) fail("no tensor named \"" + name + "\"");
+    if (e == nullptr) fail("no tensor named \"" + detail::brief(name) + "\"");
     return *e;
   }
 
@@ -330,8 +393,9 @@ class safetensors_file {
     for (std::size_t i = 0; i < n; ++i) {
       const std::int64_t v = get(i);
       if (!detail::integer_fits<T>(v))
-        fail("read(\"" + name + "\"): element " + std::to_string(i) + " of the " + dtype_name(type) +
-             " tensor is " + std::to_string(v) + ", out of the range of the destination type");
+        fail("read(\"" + detail::brief(name) + "\"): element " + std::to_string(i) + " of the " +
+             dtype_name(type) + " tensor is " + std::to_string(v) +
+             ", out of the range of the destination type");
     }
     for (std::size_t i = 0; i < n; ++i) dst[i] = static_cast<T>(get(i));
   }
@@ -357,18 +421,10 @@ class safetensors_file {
     if (!in || size_off < 0) fail("cannot determine the file size");
     in.seekg(0, std::ios::beg);
     const auto file_size = static_cast<std::uint64_t>(size_off);
-    if (file_size < 8)
-      fail("truncated: the file has " + std::to_string(file_size) +
-           " bytes, less than the 8-byte header length");
-    unsigned char len_bytes[8];
-    if (!in.read(reinterpret_cast<char*>(len_bytes), 8)) fail("cannot read the header length");
-    const std::uint64_t header_len = detail::load_le<std::uint64_t>(len_bytes);
-    if (header_len > file_size - 8)
-      fail("header length " + std::to_string(header_len) + " exceeds the " + std::to_string(file_size - 8) +
-           " bytes after the 8-byte header length (file truncated or not safetensors)");
-    if (header_len > max_header_bytes)
-      fail("header length " + std::to_string(header_len) + " exceeds the limit of " +
-           std::to_string(max_header_bytes) + " bytes");
+    unsigned char len_bytes[8] = {};
+    if (file_size >= 8 && !in.read(reinterpret_cast<char*>(len_bytes), 8))
+      fail("cannot read the header length");
+    const std::uint64_t header_len = check_lengths(file_size, detail::load_le<std::uint64_t>(len_bytes));
     std::string header(static_cast<std::size_t>(header_len), '\0');
     if (header_len > 0 && !in.read(&header[0], static_cast<std::streamsize>(header_len)))
       fail("cannot read the " + std::to_string(header_len) + "-byte header");
@@ -382,26 +438,56 @@ class safetensors_file {
     parse_header(header, data_size);
   }
 
+  /// Checks a file of file_size bytes whose first 8 say header_len; returns header_len.
+  std::uint64_t check_lengths(std::uint64_t file_size, std::uint64_t header_len) const {
+    if (file_size < 8)
+      fail("truncated: the file has " + std::to_string(file_size) +
+           " bytes, less than the 8-byte header length");
+    if (header_len > file_size - 8)
+      fail("header length " + std::to_string(header_len) + " exceeds the " + std::to_string(file_size - 8) +
+           " bytes after the 8-byte header length (file truncated or not safetensors)");
+    if (header_len > max_header_bytes)
+      fail("header length " + std::to_string(header_len) + " exceeds the limit of " +
+           std::to_string(max_header_bytes) + " bytes");
+    return header_len;
+  }
+
+  /// A header the parser callback rejects (thrown through nlohmann's parser, caught in parse_header).
+  struct header_error {
+    std::string what;
+  };
+
   void parse_header(const std::string& header, std::uint64_t data_size) {
     if (header.empty() || header[0] != '{') fail("the header is not a JSON object (it must start with '{')");
-    // Duplicate top-level keys are an error (nlohmann would keep the last one silently).
-    std::string duplicate;
-    std::set<std::string> keys;
+    // nlohmann's lexer ends the text at a NUL: bytes after one would be ignored, not rejected.
+    if (const std::size_t nul = header.find('\0'); nul != std::string::npos)
+      fail("the header holds a NUL byte at offset " + std::to_string(nul) +
+           " (JSON text cannot contain one)");
+    // Every object's keys are unique (nlohmann would keep the last of a repeated key silently), and
+    // nesting is bounded before anything recurses into the value (deep values are no header).
+    std::vector<std::set<std::string>> keys;  // one set per open object
     nlohmann::json::parser_callback_t cb = [&](int depth, nlohmann::json::parse_event_t event,
                                                nlohmann::json& parsed) {
-      if (event == nlohmann::json::parse_event_t::key && depth == 1 && parsed.is_string() &&
-          !keys.insert(parsed.get<std::string>()).second && duplicate.empty())
-        duplicate = parsed.get<std::string>();
+      using ev = nlohmann::json::parse_event_t;
+      if ((event == ev::object_start || event == ev::array_start) && depth >= max_depth)
+        throw header_error{"values nest deeper than " + std::to_string(max_depth) + " levels"};
+      if (event == ev::object_start) keys.emplace_back();
+      if (event == ev::object_end) keys.pop_back();
+      if (event == ev::key && !keys.empty() &&
+          !keys.back().insert(parsed.get_ref<const std::string&>()).second)
+        throw header_error{"duplicate key \"" + detail::brief(parsed.get_ref<const std::string&>()) +
+                           "\" in " + (depth == 1 ? std::string("the header") : "an object of the header")};
       return true;
     };
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(header, cb);
+    } catch (const header_error& ex) {
+      fail(ex.what);
     } catch (const nlohmann::json::exception& ex) {
-      fail(std::string("the header is not valid JSON: ") + ex.what());
+      fail(std::string("the header is not valid JSON: ") + detail::brief(std::string(ex.what())));
     }
     if (!j.is_object()) fail("the header is not a JSON object");
-    if (!duplicate.empty()) fail("duplicate key \"" + duplicate + "\" in the header");
 
     for (auto it = j.begin(); it != j.end(); ++it) {
       const std::string& key = it.key();
@@ -410,7 +496,8 @@ class safetensors_file {
         if (!v.is_object()) fail("\"__metadata__\" is not a JSON object");
         for (auto m = v.begin(); m != v.end(); ++m) {
           if (!m.value().is_string())
-            fail("\"__metadata__\" value of \"" + m.key() + "\" is not a string (" + m.value().dump() + ")");
+            fail("\"__metadata__\" value of \"" + detail::brief(m.key()) + "\" is not a string (" +
+                 detail::brief(m.value()) + ")");
           metadata_[m.key()] = m.value().get<std::string>();
         }
         continue;
@@ -431,9 +518,10 @@ class safetensors_file {
     const safetensors_entry* prev = nullptr;
     for (const safetensors_entry* e : by_offset) {
       if (e->begin != pos)
-        fail("tensor \"" + e->name + "\" has data_offsets [" + std::to_string(e->begin) + ", " +
-             std::to_string(e->end) + "] but " +
-             (prev ? "the previous tensor \"" + prev->name + "\" ends at byte " + std::to_string(pos)
+        fail("tensor \"" + detail::brief(e->name) + "\" has data_offsets [" + std::to_string(e->begin) +
+             ", " + std::to_string(e->end) + "] but " +
+             (prev ? "the previous tensor \"" + detail::brief(prev->name) + "\" ends at byte " +
+                         std::to_string(pos)
                    : std::string("the data section starts at byte 0")) +
              " (the tensors must cover the data section without holes or overlaps)");
       pos = e->end;
@@ -446,34 +534,34 @@ class safetensors_file {
 
   safetensors_entry parse_entry(const std::string& key, const nlohmann::json& v,
                                 std::uint64_t data_size) const {
-    const std::string where = "tensor \"" + key + "\": ";
-    if (!v.is_object()) fail(where + "the entry is not a JSON object (" + v.dump() + ")");
+    const std::string where = "tensor \"" + detail::brief(key) + "\": ";
+    if (!v.is_object()) fail(where + "the entry is not a JSON object (" + detail::brief(v) + ")");
     safetensors_entry e;
     e.name = key;
 
     auto dt = v.find("dtype");
     if (dt == v.end()) fail(where + "missing \"dtype\"");
-    if (!dt->is_string()) fail(where + "\"dtype\" is not a string (" + dt->dump() + ")");
+    if (!dt->is_string()) fail(where + "\"dtype\" is not a string (" + detail::brief(*dt) + ")");
     if (!parse_dtype(dt->get<std::string>(), e.type))
-      fail(where + "unsupported dtype \"" + dt->get<std::string>() +
+      fail(where + "unsupported dtype \"" + detail::brief(dt->get<std::string>()) +
            "\" (supported: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)");
 
     auto sh = v.find("shape");
     if (sh == v.end()) fail(where + "missing \"shape\"");
-    if (!sh->is_array()) fail(where + "\"shape\" is not an array (" + sh->dump() + ")");
+    if (!sh->is_array()) fail(where + "\"shape\" is not an array (" + detail::brief(*sh) + ")");
     std::uint64_t numel = 1;
     bool zero = false;
     const std::uint64_t max_extent = static_cast<std::uint64_t>(std::numeric_limits<index_t>::max());
     for (const auto& d : *sh) {
       if (!d.is_number_unsigned())
-        fail(where + "\"shape\" " + sh->dump() + " has an entry that is not a non-negative integer");
+        fail(where + "\"shape\" " + detail::brief(*sh) + " has an entry that is not a non-negative integer");
       const std::uint64_t x = d.get<std::uint64_t>();
-      if (x > max_extent) fail(where + "\"shape\" " + sh->dump() + " has an extent too large");
+      if (x > max_extent) fail(where + "\"shape\" " + detail::brief(*sh) + " has an extent too large");
       e.shape.push_back(static_cast<index_t>(x));
       if (x == 0) zero = true;
       // The element count must fit index_t even when another extent is 0 (numel() multiplies all).
       if (x != 0 && numel > max_extent / x)
-        fail(where + "\"shape\" " + sh->dump() + " has too many elements");
+        fail(where + "\"shape\" " + detail::brief(*sh) + " has too many elements");
       if (x != 0) numel *= x;
     }
     if (zero) numel = 0;
@@ -482,7 +570,8 @@ class safetensors_file {
     if (off == v.end()) fail(where + "missing \"data_offsets\"");
     if (!off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
         !(*off)[1].is_number_unsigned())
-      fail(where + "\"data_offsets\" is not an array of two non-negative integers (" + off->dump() + ")");
+      fail(where + "\"data_offsets\" is not an array of two non-negative integers (" + detail::brief(*off) +
+           ")");
     e.begin = (*off)[0].get<std::uint64_t>();
     e.end = (*off)[1].get<std::uint64_t>();
     const std::string offsets = "[" + std::to_string(e.begin) + ", " + std::to_string(e.end) + "]";
@@ -528,23 +617,41 @@ void write_safetensors(
     header["__metadata__"] = std::move(m);
   }
   std::uint64_t offset = 0;
-  for (const auto& [name, spec] : tensors) {
-    const auto& [shape, data] = spec;
-    attnkit::detail::require(!name.empty() && name != "__metadata__", where.c_str(),
-                             [&] { return std::string("invalid tensor name \"" + name + "\""); });
-    attnkit::detail::require(!header.contains(name), where.c_str(),
-                             [&] { return std::string("duplicate tensor name \"" + name + "\""); });
+  for (const auto& t : tensors) {
+    // Named references, not structured bindings: C++17 lambdas cannot capture those (clang).
+    const std::string& name = t.first;
+    const std::vector<index_t>& shape = t.second.first;
+    const T* data = t.second.second;
+    attnkit::detail::require(!name.empty() && name != "__metadata__", where.c_str(), [&] {
+      return std::string("invalid tensor name \"" + detail::brief(name) + "\"");
+    });
+    attnkit::detail::require(!header.contains(name), where.c_str(), [&] {
+      return std::string("duplicate tensor name \"" + detail::brief(name) + "\"");
+    });
     std::uint64_t numel = 1;
+    bool zero = false;
     for (index_t e : shape) {
       attnkit::detail::require(e >= 0, where.c_str(), [&] {
-        return std::string("tensor \"" + name + "\" has a negative extent in " + detail::shape_string(shape));
+        return std::string("tensor \"" + detail::brief(name) + "\" has a negative extent in " +
+                           detail::shape_string(shape));
       });
-      numel *= static_cast<std::uint64_t>(e);
+      const auto x = static_cast<std::uint64_t>(e);
+      if (x == 0) zero = true;
+      attnkit::detail::require(zero || numel <= std::numeric_limits<std::uint64_t>::max() / sizeof(T) / x,
+                               where.c_str(), [&] {
+                                 return std::string("tensor \"" + detail::brief(name) + "\" of shape " +
+                                                    detail::shape_string(shape) + " has too many elements");
+                               });
+      if (!zero) numel *= x;
     }
+    if (zero) numel = 0;
     attnkit::detail::require(numel == 0 || data != nullptr, where.c_str(), [&] {
-      return std::string("tensor \"" + name + "\" of shape " + detail::shape_string(shape) + " has no data");
+      return std::string("tensor \"" + detail::brief(name) + "\" of shape " + detail::shape_string(shape) +
+                         " has no data");
     });
     const std::uint64_t bytes = numel * sizeof(T);
+    attnkit::detail::require(offset <= std::numeric_limits<std::uint64_t>::max() - bytes, where.c_str(),
+                             "the tensors hold more bytes than a file offset can count");
     header[name] = {{"dtype", std::is_same_v<T, float> ? "F32" : "F64"},
                     {"shape", shape},
                     {"data_offsets", {offset, offset + bytes}}};
@@ -566,10 +673,10 @@ void write_safetensors(
   out.write(text.data(), static_cast<std::streamsize>(text.size()));
   std::vector<unsigned char> buf;
   constexpr std::size_t chunk = 16384;
-  for (const auto& [name, spec] : tensors) {
-    const auto& [shape, data] = spec;
+  for (const auto& t : tensors) {
+    const T* data = t.second.second;
     std::size_t n = 1;
-    for (index_t e : shape) n *= static_cast<std::size_t>(e);
+    for (index_t e : t.second.first) n *= static_cast<std::size_t>(e);
     for (std::size_t i0 = 0; i0 < n; i0 += chunk) {
       const std::size_t m = std::min(chunk, n - i0);
       buf.resize(m * sizeof(T));
