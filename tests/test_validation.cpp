@@ -45,6 +45,19 @@ bool all_finite(const float* x, std::size_t n) {
   return std::all_of(x, x + n, [](float e) { return std::isfinite(e); });
 }
 
+/// Contiguous q, k, v of extents [B, H, L, d] holding ramps (salts salt, salt + 1, salt + 2).
+struct qkv_inputs {
+  std::vector<float> qd, kd, vd;
+  view<const float, 4> q, k, v;
+  qkv_inputs(index_t B, index_t H, index_t L, index_t d, std::uint64_t salt)
+      : qd(ramp(B * H * L * d, salt)),
+        kd(ramp(B * H * L * d, salt + 1)),
+        vd(ramp(B * H * L * d, salt + 2)),
+        q(view<const float, 4>::contiguous(qd.data(), {B, H, L, d})),
+        k(view<const float, 4>::contiguous(kd.data(), {B, H, L, d})),
+        v(view<const float, 4>::contiguous(vd.data(), {B, H, L, d})) {}
+};
+
 /// Every attention-shaped operator called on (q, k, v, out) with its default options but for the
 /// given mask and scale: exact, FAVOR+, each Combiner plan, relative attention on an H x W grid.
 struct attention_ops {
@@ -142,10 +155,8 @@ TEST_CASE("validation: extents whose element count or reach overflows are reject
 TEST_CASE("validation: an out whose elements overlap, or which overlaps an input, is rejected",
           "[validation]") {
   const index_t B = 1, H = 2, L = 8, d = 4;
-  std::vector<float> qd = ramp(B * H * L * d, 11), kd = ramp(B * H * L * d, 12), vd = ramp(B * H * L * d, 13);
-  const auto q = view<const float, 4>::contiguous(qd.data(), {B, H, L, d});
-  const auto k = view<const float, 4>::contiguous(kd.data(), {B, H, L, d});
-  const auto v = view<const float, 4>::contiguous(vd.data(), {B, H, L, d});
+  const qkv_inputs in(B, H, L, d, 11);
+  const auto &q = in.q, &k = in.k, &v = in.v;
   std::vector<float> od(64, kSentinel);
   attention_ops ops;
   ops.H = 2;
@@ -166,7 +177,7 @@ TEST_CASE("validation: an out whose elements overlap, or which overlaps an input
     CHECK(untouched(od));
   }
   SECTION("out that shares memory with q, k, v, key_lengths or bias") {
-    std::vector<float> shared = qd;  // q and out in one buffer, out starting half-way into q
+    std::vector<float> shared = in.qd;  // q and out in one buffer, out starting half-way into q
     shared.resize(96, kSentinel);
     const auto qs = view<const float, 4>::contiguous(shared.data(), {B, H, L, d});
     const auto over = view<float, 4>::contiguous(shared.data() + 32, {B, H, L, d});
@@ -175,10 +186,10 @@ TEST_CASE("validation: an out whose elements overlap, or which overlaps an input
       CHECK_THROWS_WITH(op(qs, k, v, over), Contains("out overlaps q in memory"));
       CHECK_THROWS_WITH(op(k, qs, v, over), Contains("out overlaps k in memory"));
       CHECK_THROWS_WITH(op(k, v, qs, over), Contains("out overlaps v in memory"));
-      CHECK(attnkit_test::same_bits(std::vector<float>(shared.begin(), shared.begin() + 64), qd));
+      CHECK(attnkit_test::same_bits(std::vector<float>(shared.begin(), shared.begin() + 64), in.qd));
     });
     // out == q exactly (an in-place attention) is an overlap too: Combiner axial reads q after writing out
-    std::vector<float> inplace = qd;
+    std::vector<float> inplace = in.qd;
     const auto qi = view<const float, 4>::contiguous(inplace.data(), {B, H, L, d});
     const auto oi = view<float, 4>::contiguous(inplace.data(), {B, H, L, d});
     CHECK_THROWS_WITH(attnkit::combiner_attention(qi, k, v, oi, attnkit::combiner::axial{2, 4}),
@@ -304,10 +315,8 @@ TEST_CASE("validation: an out-of-range causal_mode is rejected by every operator
 TEST_CASE("validation: a Combiner span of L or more is one segment: exact attention, causal or not",
           "[validation][combiner]") {
   const index_t B = 2, H = 2, L = 37, d = 8;
-  std::vector<float> qd = ramp(B * H * L * d, 41), kd = ramp(B * H * L * d, 42), vd = ramp(B * H * L * d, 43);
-  const auto q = view<const float, 4>::contiguous(qd.data(), {B, H, L, d});
-  const auto k = view<const float, 4>::contiguous(kd.data(), {B, H, L, d});
-  const auto v = view<const float, 4>::contiguous(vd.data(), {B, H, L, d});
+  const qkv_inputs in(B, H, L, d, 41);
+  const auto &q = in.q, &k = in.k, &v = in.v;
   const std::int64_t spans[] = {L, L + 1, std::int64_t(1) << 40, std::numeric_limits<std::int64_t>::max()};
   std::vector<std::int32_t> ids(static_cast<std::size_t>(L));
   for (index_t j = 0; j < L; ++j) ids[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(j % 5);
@@ -342,6 +351,47 @@ TEST_CASE("validation: a Combiner span of L or more is one segment: exact attent
       });
       require_close(from_p.cview(), exact.cview(), 1e-5, 1e-5);
     }
+  }
+}
+
+TEST_CASE("validation: an empty input may have any strides; the output does not depend on them",
+          "[validation]") {
+  // dk = 0 (fuzz finding): q and k hold no elements, so no stride of theirs is bounded by a check;
+  // the kernels must not form addresses from them (UBSan: pointer overflow).
+  const index_t B = 1, H = 2, L = 12, dv = 3, huge = index_t(1) << 50;
+  std::vector<float> vd = ramp(B * H * L * dv, 51), dummy(8, 0.5f);
+  const auto v = view<const float, 4>::contiguous(vd.data(), {B, H, L, dv});
+  const view<const float, 4> tidy(dummy.data(), {B, H, L, 0}, {H * L, L, 1, 1});
+  const view<const float, 4> wild(dummy.data(), {B, H, L, 0}, {huge, -huge, huge, huge});
+  attention_ops ops;
+  ops.H = 3;
+  ops.W = 4;
+  ops.each([&](const std::string& name, auto&& op) {
+    if (name == "favor_attention") return;  // random features of d = 0 do not exist
+    INFO(name);
+    attnkit::tensor<float, 4> want({B, H, L, dv}), got({B, H, L, dv});
+    REQUIRE_NOTHROW(op(tidy, tidy, v, want.view()));
+    REQUIRE_NOTHROW(op(wild, wild, v, got.view()));
+    REQUIRE(all_finite(got.data(), got.size()));
+    REQUIRE(std::equal(got.data(), got.data() + got.size(), want.data()));
+  });
+  // lambda with k = 0 query/key depth: C has no rows, Y = Q C = 0, for every position kind
+  const index_t m = 6, u = 2;
+  std::vector<float> lv = ramp(B * m * dv * u, 52);
+  const auto lvv = view<const float, 4>::contiguous(lv.data(), {B, m, dv, u});
+  const view<const float, 4> lq(dummy.data(), {B, m, 2, 0}, {huge, huge, huge, huge});
+  const view<const float, 4> lk(dummy.data(), {B, m, 0, u}, {huge, huge, huge, huge});
+  const view<const float, 4> lt(dummy.data(), {3, 3, 0, u}, {huge, huge, huge, huge});
+  const view<const float, 4> le(dummy.data(), {m, m, 0, u}, {huge, huge, huge, huge});
+  const attnkit::lambda_grid grid{2, 3};
+  for (const auto& pos :
+       {attnkit::lambda_position<float>::none(), attnkit::lambda_position<float>::global(le),
+        attnkit::lambda_position<float>::local(lt, grid)}) {
+    INFO("position kind " << static_cast<int>(pos.kind));
+    std::vector<float> od(static_cast<std::size_t>(B * m * 2 * dv), kSentinel);
+    const auto o = view<float, 3>::contiguous(od.data(), {B, m, 2 * dv});
+    REQUIRE_NOTHROW(attnkit::lambda_attention(lq, lk, lvv, pos, o));
+    REQUIRE(std::all_of(od.begin(), od.end(), [](float e) { return e == 0.0f; }));
   }
 }
 

@@ -66,13 +66,14 @@ attention_shape check_attention_views(const char* where, const tensor_view<TQ, 4
   return s;
 }
 
-/// x, or, when x has no elements and no data, a view of the same extents at the address of a
-/// static zero with strides 0: kernels may then form addresses from an empty input (dk = 0, no
-/// keys) without arithmetic on a null pointer. Nothing is read through it beyond that zero.
+/// x, or, when x has no elements, a view of the same extents at the address of a static zero with
+/// strides 0: kernels may then form addresses from an empty input (dk = 0, no keys) without
+/// arithmetic on a null pointer or strides no check bounded (an empty view may have any).
+/// Nothing is read through it beyond that zero.
 template <class T, std::size_t R>
 tensor_view<const T, R> addressable(const tensor_view<const T, R>& x) {
   alignas(64) static const T zero[64 / sizeof(T) * 2] = {};
-  if (x.data() != nullptr || x.size() != 0) return x;
+  if (x.size() != 0) return x;
   return tensor_view<const T, R>(zero, x.extents(), {});
 }
 

@@ -258,6 +258,7 @@ class lambda_kernel {
   void add_position(index_t b, index_t n, index_t end, T* cm, std::vector<T>& ga) const {
     const T* vb = vp(b);
     const index_t U = s_.u;
+    if (s_.k == 0) return;  // C has no rows (and the packed table no elements to address)
     switch (pos_.kind) {
       case lambda_position_kind::none:
         return;
