@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
 # attnkit's test command (CI runs it through .ci/run). Installs the dependencies, then builds and
 # runs the tests in several configurations, and checks the CMake package from a consumer project:
-#   scalar-cxx20  ATTNKIT_SIMD=scalar, C++20
-#   avx512|avx2   the widest ISA the CPU has (AVX-512 F/DQ/BW/VL, else AVX2+FMA); tests every kernel
-#                 up to it (scalar, avx2, avx512), compiles the benchmarks and examples
+#   clang-scalar-cxx20  clang++, ATTNKIT_SIMD=scalar, C++20 (g++ when clang is absent)
+#   avx512|avx2   g++, the widest ISA the CPU has (AVX-512 F/DQ/BW/VL, else AVX2+FMA); tests every
+#                 kernel up to it (scalar, avx2, avx512), compiles the benchmarks and examples
 #   asan-ubsan    ASan + UBSan, an ATTNKIT_SIMD=avx2 build (scalar without AVX2): tests -O0, kernels -O1
+#   fuzz          clang (C++17): the libFuzzer targets of tests/fuzz (safetensors reader, operator
+#                 argument checks) under ASan + UBSan, ATTNKIT_FUZZ_SECONDS each (skipped without clang)
 #   consumer-install / consumer-subdir   tests/consumer against `cmake --install` and add_subdirectory
 #   format        clang-format 14 --dry-run over include, tests, bench, examples
-# So the suite runs in three ISA builds: scalar, avx2 (under the sanitizers) and avx512.
+# So the suite runs in three ISA builds: scalar, avx2 (under the sanitizers) and avx512, with both
+# compilers and both standards (g++ C++17, clang++ C++20 and C++17).
 # Environment:
 #   ATTNKIT_TEST_QUICK=1   only a native build (tests, benchmarks, examples) and the consumers
 #   ATTNKIT_TEST_FORMAT=0  skip the clang-format check (format_check)
 #   ATTNKIT_WERROR=1       build with -Werror
 #   ATTNKIT_TEST_ONLY="asan-ubsan consumer-install"   run only the named stages (deps always runs)
 #   ATTNKIT_JOBS=N         build parallelism (default 2)
+#   ATTNKIT_FUZZ_SECONDS=N time each fuzz target runs (default 60)
 # Build directories: build/ci-<name>. Exits nonzero when any stage fails.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 JOBS=${ATTNKIT_JOBS:-2}
+FUZZ_SECONDS=${ATTNKIT_FUZZ_SECONDS:-60}
 QUICK=${ATTNKIT_TEST_QUICK:-0}
 FORMAT=${ATTNKIT_TEST_FORMAT:-1}
 ONLY=${ATTNKIT_TEST_ONLY:-}
@@ -91,6 +96,24 @@ sanitized_build_and_test() {
     -DATTNKIT_BUILD_BENCHMARKS=OFF -DATTNKIT_BUILD_EXAMPLES=OFF "-DATTNKIT_TEST_SPEC=~[slow]"
 }
 
+# fuzz: builds the libFuzzer targets with clang and runs each for FUZZ_SECONDS from the committed
+# seed corpus (new inputs go to build/ci-fuzz/corpus-*; a crash leaves its input in build/ci-fuzz).
+fuzz_targets() {
+  local dir=build/ci-fuzz t
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Release -DATTNKIT_SIMD="$1" \
+    -DATTNKIT_CXX_STANDARD=17 -DATTNKIT_WERROR="$WERROR" -DATTNKIT_BUILD_TESTS=OFF -DATTNKIT_BUILD_BENCHMARKS=OFF \
+    -DATTNKIT_BUILD_EXAMPLES=OFF -DATTNKIT_INSTALL=OFF -DATTNKIT_BUILD_FUZZERS=ON
+  cmake --build "$dir" -j "$JOBS"
+  export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2
+  for t in safetensors api; do
+    mkdir -p "$dir/corpus-$t"
+    # -max_len: a 200 KB header nests 100,000 arrays deep (tests/fuzz/README.md)
+    (cd "$dir" && "./tests/fuzz/attnkit_fuzz_$t" -max_total_time="$FUZZ_SECONDS" -timeout=20 \
+      -max_len=$([ $t = safetensors ] && echo 262144 || echo 4096) -print_final_stats=1 \
+      "corpus-$t" "$ROOT/tests/fuzz/corpus/$t" 2>&1 | grep -v "^#[0-9]*.*\(NEW\|REDUCE\|pulse\)\|NEW_FUNC")
+  done
+}
+
 consumer_install() {
   local dir=build/ci-install prefix
   prefix="$ROOT/build/ci-install/prefix"
@@ -141,8 +164,9 @@ else
   # examples. The scalar build covers C++20 and hosts without AVX2.
   SIMD=$([ $HAS_AVX512 = 1 ] && echo avx512 || ([ $HAS_AVX2 = 1 ] && echo avx2) || echo none)
   BENCH_IN_SCALAR=$([ "$SIMD" = none ] && echo ON || echo OFF)
-  run_stage scalar-cxx20 build_and_test scalar-cxx20 -DATTNKIT_SIMD=scalar -DATTNKIT_CXX_STANDARD=20 \
-    -DCMAKE_BUILD_TYPE=Release -DATTNKIT_SANITIZE=OFF \
+  SCALAR_CXX=$(command -v clang++ || command -v c++)
+  run_stage clang-scalar-cxx20 build_and_test clang-scalar-cxx20 -DCMAKE_CXX_COMPILER="$SCALAR_CXX" \
+    -DATTNKIT_SIMD=scalar -DATTNKIT_CXX_STANDARD=20 -DCMAKE_BUILD_TYPE=Release -DATTNKIT_SANITIZE=OFF \
     -DATTNKIT_BUILD_BENCHMARKS=$BENCH_IN_SCALAR -DATTNKIT_BUILD_EXAMPLES=$BENCH_IN_SCALAR
   if [ "$SIMD" != none ]; then
     run_stage "$SIMD" build_and_test "$SIMD" -DATTNKIT_SIMD="$SIMD" -DATTNKIT_CXX_STANDARD=17 \
@@ -153,6 +177,11 @@ else
   fi
   SAN_SIMD=$([ $HAS_AVX2 = 1 ] && echo avx2 || echo scalar)
   run_stage asan-ubsan sanitized_build_and_test "$SAN_SIMD"
+  if command -v clang++ >/dev/null 2>&1; then
+    run_stage fuzz fuzz_targets "$SAN_SIMD"
+  else
+    skip_stage fuzz "clang++ not found"
+  fi
 fi
 run_stage consumer-install consumer_install
 run_stage consumer-subdir consumer_subdir
