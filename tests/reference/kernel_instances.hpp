@@ -8,6 +8,7 @@
 
 #include <attnkit/coatnet/relative_attention.hpp>
 #include <attnkit/combiner/attention.hpp>
+#include <attnkit/combiner/probabilities.hpp>
 #include <attnkit/favor/attention.hpp>
 #include <attnkit/favor/decoder.hpp>
 #include <attnkit/full/attention.hpp>
@@ -38,9 +39,27 @@
       attnkit::tensor_view<const T, 3>, attnkit::relative_grid, attnkit::tensor_view<T, 4>,                 \
       const attnkit::relative_options&);
 
+// The Combiner oracle (combiner_probabilities in double, default Arch) is the slowest part of the
+// Combiner tests; instantiated once, in the scalar double unit, it runs optimized in the sanitizer
+// build too (whose test sources are compiled at -O0).
+#define ATTNKIT_TEST_ORACLE(EXTERN, PLAN)                                                  \
+  EXTERN template attnkit::tensor<double, 4>                                               \
+  attnkit::combiner_probabilities<attnkit::simd::native, double, attnkit::combiner::PLAN>( \
+      attnkit::tensor_view<const double, 4>, attnkit::tensor_view<const double, 4>,        \
+      const attnkit::combiner::PLAN&, const attnkit::combiner_options&);
+#define ATTNKIT_TEST_ORACLES(EXTERN)     \
+  ATTNKIT_TEST_ORACLE(EXTERN, fixed)     \
+  ATTNKIT_TEST_ORACLE(EXTERN, logsparse) \
+  ATTNKIT_TEST_ORACLE(EXTERN, axial)     \
+  ATTNKIT_TEST_ORACLE(EXTERN, learnable)
+
 #if defined(ATTNKIT_TEST_INSTANTIATE_ARCH)
 ATTNKIT_TEST_KERNELS(, ATTNKIT_TEST_INSTANTIATE_ARCH, ATTNKIT_TEST_INSTANTIATE_TYPE)
+#if defined(ATTNKIT_TEST_INSTANTIATE_ORACLES)
+ATTNKIT_TEST_ORACLES()
+#endif
 #else
+ATTNKIT_TEST_ORACLES(extern)
 ATTNKIT_TEST_KERNELS(extern, scalar, float)
 ATTNKIT_TEST_KERNELS(extern, scalar, double)
 #if ATTNKIT_HAS_AVX2
