@@ -3,7 +3,8 @@
 # runs the tests in several configurations, and checks the CMake package from a consumer project:
 #   clang-scalar-cxx20  clang++, ATTNKIT_SIMD=scalar, C++20 (g++ when clang is absent)
 #   avx512|avx2   g++, the widest ISA the CPU has (AVX-512 F/DQ/BW/VL, else AVX2+FMA); tests every
-#                 kernel up to it (scalar, avx2, avx512), compiles the benchmarks and examples
+#                 kernel up to it (scalar, avx2, avx512), compiles the benchmarks and examples,
+#                 prints every operator's output fingerprint (tests/fingerprint.cpp)
 #   asan-ubsan    ASan + UBSan, an ATTNKIT_SIMD=avx2 build (scalar without AVX2): tests -O0, kernels -O1
 #   fuzz          clang (C++17): the libFuzzer targets of tests/fuzz (safetensors reader, operator
 #                 argument checks) under ASan + UBSan, ATTNKIT_FUZZ_SECONDS each (skipped without clang)
@@ -82,6 +83,15 @@ build_and_test() {
   cmake --build "$dir" -j "$JOBS" -- -k 0 2>&1 | tee "$dir/build.log"  # -k 0: every error at once
   echo "[$name] compiler warnings: $(grep -c 'warning:' "$dir/build.log" || true)"
   (cd "$dir" && ctest -j "$JOBS" --output-on-failure --no-tests=error)
+}
+
+# widest_build_and_test NAME [cmake -D args...]: build_and_test, then the output fingerprint of every
+# operator per ISA (tests/fingerprint.cpp) into the log, so it keeps building and a run's bits are
+# on record.
+widest_build_and_test() {
+  build_and_test "$@"
+  cmake --build "build/ci-$1" --target attnkit_fingerprint
+  "build/ci-$1/tests/attnkit_fingerprint"
 }
 
 # sanitized_build_and_test SIMD: ASan + UBSan build (the variables also reach the POST_BUILD
@@ -169,7 +179,7 @@ else
     -DATTNKIT_SIMD=scalar -DATTNKIT_CXX_STANDARD=20 -DCMAKE_BUILD_TYPE=Release -DATTNKIT_SANITIZE=OFF \
     -DATTNKIT_BUILD_BENCHMARKS=$BENCH_IN_SCALAR -DATTNKIT_BUILD_EXAMPLES=$BENCH_IN_SCALAR
   if [ "$SIMD" != none ]; then
-    run_stage "$SIMD" build_and_test "$SIMD" -DATTNKIT_SIMD="$SIMD" -DATTNKIT_CXX_STANDARD=17 \
+    run_stage "$SIMD" widest_build_and_test "$SIMD" -DATTNKIT_SIMD="$SIMD" -DATTNKIT_CXX_STANDARD=17 \
       -DCMAKE_BUILD_TYPE=Release -DATTNKIT_SANITIZE=OFF \
       -DATTNKIT_BUILD_BENCHMARKS=ON -DATTNKIT_BUILD_EXAMPLES=ON
   else

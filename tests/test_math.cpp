@@ -348,14 +348,14 @@ TEMPLATE_LIST_TEST_CASE("dot and axpy agree with fp64 sums", "[math][dot]", arch
   std::uniform_real_distribution<double> dist(-1, 1);
   for (index_t n : {0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 100, 257}) {
     INFO("n = " << n << " arch " << Arch::name);
-    std::vector<float> a(static_cast<std::size_t>(n) + 1), b(a.size()), y(a.size()), y0;
+    std::vector<float> a(static_cast<std::size_t>(n) + 1), b(a.size()), y(a.size());
     std::vector<double> ad(a.size()), bd(a.size());
     for (std::size_t i = 0; i < a.size(); ++i) {
       a[i] = static_cast<float>(dist(gen));
       b[i] = static_cast<float>(dist(gen));
       y[i] = static_cast<float>(dist(gen));
     }
-    y0 = y;
+    const std::vector<float> y0(y);  // (copy-constructed: g++ 12 -Wnonnull misfires on y0 = y)
     double want = 0, mag = 0;
     for (index_t i = 0; i < n; ++i) {
       want += double(a[std::size_t(i)]) * double(b[std::size_t(i)]);
