@@ -19,6 +19,7 @@
 
 #include <attnkit/attnkit.hpp>
 
+#include "reference/coatnet_ref.hpp"
 #include "reference/common.hpp"
 #include "reference/kernel_instances.hpp"
 
@@ -265,15 +266,7 @@ void native_ops(const char* type) {
   }
   // a whole small network of each layout (every MBConv and transformer block, the head)
   for (bool rw : {false, true}) {
-    cn::network_config c = rw ? cn::network_config::coatnet_0_rw_224() : cn::network_config::coatnet_0();
-    c.image_rows = 64;
-    c.image_cols = 96;
-    c.num_classes = 10;
-    c.widths = {16, 24, 32, 48};
-    c.depths = {2, 2, 1, 2};
-    c.stem_width = rw ? std::array<std::int64_t, 2>{8, 16} : std::array<std::int64_t, 2>{16, 16};
-    c.transformer.dim_head = 8;
-    if (!rw) c.head_hidden = 48;
+    const cn::network_config c = tiny_config(rw);
     cn::network<T> net(c);
     std::uint64_t salt = 100;
     for (const auto& [name, shape] : net.parameters()) {

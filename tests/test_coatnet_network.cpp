@@ -21,6 +21,7 @@
 
 #include <attnkit/coatnet/safetensors.hpp>
 
+#include "reference/coatnet_ref.hpp"
 #include "reference/common.hpp"
 
 #ifndef ATTNKIT_TEST_DATA_DIR
@@ -36,19 +37,7 @@ namespace io = attnkit::io;
 
 std::string data_path(const std::string& name) { return std::string(ATTNKIT_TEST_DATA_DIR) + "/" + name; }
 
-/// The reduced configs of tools/coatnet_golden.py (see tests/data/coatnet_golden.md).
-cn::network_config tiny_config(bool rw) {
-  cn::network_config c = rw ? cn::network_config::coatnet_0_rw_224() : cn::network_config::coatnet_0();
-  c.image_rows = 64;
-  c.image_cols = 96;
-  c.num_classes = 10;
-  c.widths = {16, 24, 32, 48};
-  c.depths = {2, 2, 2, 2};
-  c.stem_width = rw ? std::array<std::int64_t, 2>{8, 16} : std::array<std::int64_t, 2>{16, 16};
-  c.transformer.dim_head = 8;
-  if (!rw) c.head_hidden = 48;
-  return c;
-}
+using attnkit_test::tiny_config;
 
 /// NCHW [B, C, H, W] as a strided NHWC view (no copy).
 template <class T>

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <attnkit/coatnet/blocks.hpp>
+#include <attnkit/coatnet/network.hpp>
 
 #include "common.hpp"
 
@@ -253,6 +254,21 @@ inline dtensor transformer_ref(const dtensor& x, const block_params& p,
   const dtensor y = add_ref(shortcut, p.conv(att, "attn.proj", 1, 1));
   const dtensor n = ln_ref(y, p.vec("norm2.weight"), p.vec("norm2.bias"), c.norm_eps);
   return add_ref(y, p.conv(p.conv(n, "mlp.fc1", 1, 1, c.act), "mlp.fc2", 1, 1));
+}
+
+/// The reduced configs of tools/coatnet_golden.py (see tests/data/coatnet_golden.md).
+inline attnkit::coatnet::network_config tiny_config(bool rw) {
+  attnkit::coatnet::network_config c = rw ? attnkit::coatnet::network_config::coatnet_0_rw_224()
+                                          : attnkit::coatnet::network_config::coatnet_0();
+  c.image_rows = 64;
+  c.image_cols = 96;
+  c.num_classes = 10;
+  c.widths = {16, 24, 32, 48};
+  c.depths = {2, 2, 2, 2};
+  c.stem_width = rw ? std::array<std::int64_t, 2>{8, 16} : std::array<std::int64_t, 2>{16, 16};
+  c.transformer.dim_head = 8;
+  if (!rw) c.head_hidden = 48;
+  return c;
 }
 
 }  // namespace attnkit_test
