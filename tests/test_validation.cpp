@@ -513,3 +513,18 @@ TEST_CASE("validation: huge finite inputs give finite outputs (logits saturate),
                           view<double, 4>::contiguous(odd.data(), {B, H, L, d}), dopt);
   CHECK(std::all_of(odd.begin(), odd.end(), [](double x) { return x == 1.0; }));
 }
+
+TEST_CASE("validation: tensor_view::contiguous of negative or overflowing extents is defined and rejected",
+          "[validation][core]") {
+  // fuzz finding: the stride product overflowed (UBSan) before any operator could reject the view
+  std::vector<float> d(8, 0.5f);
+  const index_t huge = std::numeric_limits<index_t>::max();
+  const auto v = view<const float, 4>::contiguous(d.data(), {huge, -2, 3, 2});
+  CHECK(v.stride(3) == 1);
+  CHECK(v.stride(2) == 2);
+  CHECK(v.stride(1) == 6);
+  std::vector<float> od(64, kSentinel);
+  CHECK_THROWS_AS(attnkit::full_attention(v, v, v, view<float, 4>::contiguous(od.data(), {1, 1, 3, 2})),
+                  invalid_argument);
+  CHECK(untouched(od));
+}

@@ -39,7 +39,10 @@ class tensor_view {
     index_t acc = 1;
     for (std::size_t i = Rank; i-- > 0;) {
       s[i] = acc;
-      acc *= extents[i];
+      // A negative extent, or one whose product overflows, leaves acc as it is: no UB here, and
+      // every operator rejects such a view (docs/design.md §5).
+      index_t next = 0;
+      if (extents[i] >= 0 && !__builtin_mul_overflow(acc, extents[i], &next)) acc = next;
     }
     return tensor_view(data, extents, s);
   }
