@@ -8,8 +8,11 @@
 #include "../core/parallel.hpp"
 #include "../core/simd.hpp"
 #include "clusters.hpp"
+#include "detail/axial.hpp"
 #include "detail/check.hpp"
-#include "detail/plans.hpp"
+#include "detail/fixed.hpp"
+#include "detail/learnable.hpp"
+#include "detail/logsparse.hpp"
 #include "options.hpp"
 
 ATTNKIT_BEGIN_NAMESPACE

@@ -11,7 +11,6 @@
 #include "../core/gemm.hpp"
 #include "../core/random.hpp"
 #include "../core/simd.hpp"
-#include "../full/detail/flash.hpp"
 #include "options.hpp"
 
 ATTNKIT_BEGIN_NAMESPACE
@@ -44,7 +43,7 @@ template <class Arch, class T>
 void route_clusters(const tensor_view<const T, 4>& k, index_t b, index_t hkv, index_t len,
                     const tensor_view<const float, 3>& mu, std::vector<std::int32_t>& id) {
   using B = simd::batch<T, Arch>;
-  constexpr int W = B::size, NV = flash_tiling<T, Arch>::NV, MR = flash_tiling<T, Arch>::MR;
+  constexpr int W = B::size, NV = gemm_tiling<T, Arch>::NV, MR = gemm_tiling<T, Arch>::MR;
   constexpr index_t Bn = NV * W;
   const index_t L = k.extent(2), dk = k.extent(3), C = mu.extent(1);
   const index_t hm = mu.extent(0) == 1 ? 0 : hkv;

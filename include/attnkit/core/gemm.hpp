@@ -160,5 +160,61 @@ inline void block_product(index_t rows, index_t kc, const typename B::value_type
                                                                          ldc, args);
 }
 
+/// Register tiling of the block products per element type and ISA: MR rows by NV vectors per
+/// micro-tile (the exact-attention engine, core/flash.hpp, uses the same shape).
+template <class T, class Arch>
+struct gemm_tiling {
+  static constexpr int NV = 3;
+  static constexpr int MR = 4;
+};
+template <class T>
+struct gemm_tiling<T, simd::scalar> {
+  static constexpr int NV = 8;
+  static constexpr int MR = 4;
+};
+template <class T>
+struct gemm_tiling<T, simd::avx512> {
+  static constexpr int NV = 4;
+  static constexpr int MR = 6;
+};
+
+/// The general block product: C (rows x ncols, row stride ldc) = [C +] A * Bp with
+/// A(r, p) = a[r * a_rs + p * a_cs] for any strides and Bp (kc x ncols) packed with row stride
+/// ldb, ncols a multiple of the register width. Column chunks of the tiling's NV registers, then
+/// narrower ones (4, 3, 2, 1 registers); A is addressed by the layout its strides allow.
+/// col_max (optional, not accumulating): col_max[c] = max(col_max[c], max_r C[r][c]).
+/// Lambda, CoAtNet's convolutions and FAVOR+ run on it.
+template <class Arch, bool Accumulate, class T>
+void panel_product(index_t rows, index_t kc, const T* a, index_t a_rs, index_t a_cs, const T* bp, index_t ldb,
+                   T* c, index_t ldc, index_t ncols, T* col_max = nullptr) {
+  using B = simd::batch<T, Arch>;
+  constexpr int W = B::size, NV = gemm_tiling<T, Arch>::NV, MR = gemm_tiling<T, Arch>::MR;
+  tile_args<T> args{};
+  index_t c0 = 0;
+  auto chunk = [&](auto nv) {
+    constexpr int N = decltype(nv)::value;
+    if (col_max) args.col_max = col_max + c0;
+    if (a_cs == 1)
+      block_product_impl<B, MR, N, Accumulate, false, a_layout::unit_col>(rows, kc, a, a_rs, a_cs, bp + c0,
+                                                                          ldb, c + c0, ldc, args);
+    else if (a_rs == 1)
+      block_product_impl<B, MR, N, Accumulate, false, a_layout::unit_row>(rows, kc, a, a_rs, a_cs, bp + c0,
+                                                                          ldb, c + c0, ldc, args);
+    else
+      block_product_impl<B, MR, N, Accumulate, false, a_layout::general>(rows, kc, a, a_rs, a_cs, bp + c0,
+                                                                         ldb, c + c0, ldc, args);
+    c0 += N * W;
+  };
+  while (c0 + NV * W <= ncols) chunk(std::integral_constant<int, NV>{});
+  if constexpr (NV > 4)
+    while (c0 + 4 * W <= ncols) chunk(std::integral_constant<int, 4>{});
+  if constexpr (NV > 3)
+    if (c0 + 3 * W <= ncols) chunk(std::integral_constant<int, 3>{});
+  if constexpr (NV > 2)
+    if (c0 + 2 * W <= ncols) chunk(std::integral_constant<int, 2>{});
+  if constexpr (NV > 1)
+    if (c0 + W <= ncols) chunk(std::integral_constant<int, 1>{});
+}
+
 }  // namespace detail
 ATTNKIT_END_NAMESPACE

@@ -1,6 +1,7 @@
 // attnkit: stable softmax, log-sum-exp and the online-softmax state of the tiled kernels.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -101,5 +102,31 @@ struct online_softmax_batch {
     return select(ninf < max_value, max_value, B::zero());
   }
 };
+
+/// The merge of partial softmax states (docs/design.md §1.3, §6). A state over a set of keys is
+/// (m, l, o): the max m of its logits (in exp2 units), l = sum_j exp2(s_j - m) and the output o,
+/// unnormalized (sum_j exp2(s_j - m) v_j) or normalized (divided by l). States over disjoint keys
+/// merge exactly: with M the largest max of the states that saw a key (l > 0), state c weighs
+/// w_c = exp2(m_c - M) (0 when l_c == 0, whatever m_c is), l = sum_c w_c l_c, and the merged
+/// output is sum_c w_c o_c / l (unnormalized states) or sum_c w_c l_c o_c / l (normalized).
+/// merged_max is the M of two states; merge_weight the w of one against M.
+template <class B>
+ATTNKIT_ALWAYS_INLINE B merged_max(B m0, B l0, B m1, B l1) {
+  const B zero = B::zero();
+  return select(zero < l0, select(zero < l1, max(m0, m1), m0), m1);
+}
+template <class B>
+ATTNKIT_ALWAYS_INLINE B merge_weight(B m, B l, B M) {
+  return select(B::zero() < l, detail::exp2_nonpositive(m - M), B::zero());
+}
+/// Scalar forms (a state with no key is not exponentiated at all).
+template <class T>
+ATTNKIT_ALWAYS_INLINE T merged_max_scalar(T m0, T l0, T m1, T l1) {
+  return l0 > T(0) ? (l1 > T(0) ? std::max(m0, m1) : m0) : m1;
+}
+template <class T>
+ATTNKIT_ALWAYS_INLINE T merge_weight_scalar(T m, T l, T M) {
+  return l > T(0) ? detail::exp2_nonpositive(simd::batch<T, simd::scalar>{m - M}).v : T(0);
+}
 
 ATTNKIT_END_NAMESPACE

@@ -423,9 +423,9 @@ class lambda_layer {
       T* cr = c + (bo * in.count + r0) * ldc;
       if (has_bias_) {
         for (index_t r = 0; r < nr; ++r) std::copy(bias, bias + ncols, cr + r * ldc);
-        detail::lambda_product<Arch, true>(nr, c_.d, a, in.sr, in.sc, bp, ldb, cr, ldc, ncols);
+        detail::panel_product<Arch, true>(nr, c_.d, a, in.sr, in.sc, bp, ldb, cr, ldc, ncols);
       } else {
-        detail::lambda_product<Arch, false>(nr, c_.d, a, in.sr, in.sc, bp, ldb, cr, ldc, ncols);
+        detail::panel_product<Arch, false>(nr, c_.d, a, in.sr, in.sc, bp, ldb, cr, ldc, ncols);
       }
     });
   }

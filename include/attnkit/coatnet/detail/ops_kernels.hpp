@@ -11,11 +11,11 @@
 #include <vector>
 
 #include "../../core/attention_args.hpp"
+#include "../../core/gemm.hpp"
 #include "../../core/math.hpp"
 #include "../../core/parallel.hpp"
 #include "../../core/simd.hpp"
 #include "../../core/tensor.hpp"
-#include "../../lambda/detail/kernel.hpp"
 
 ATTNKIT_BEGIN_NAMESPACE
 namespace coatnet {
@@ -187,9 +187,9 @@ void packed_product(index_t rows, const T* a, index_t a_rs, index_t a_cs, const 
     const index_t kc = std::min(kb, pw.k - k0);
     const T* bp = pw.w.data() + k0 * pw.np + j0;
     if (k0 == 0)
-      lambda_product<Arch, false>(rows, kc, a, a_rs, a_cs, bp, pw.np, c.data(), nc, nc);
+      panel_product<Arch, false>(rows, kc, a, a_rs, a_cs, bp, pw.np, c.data(), nc, nc);
     else
-      lambda_product<Arch, true>(rows, kc, a + k0 * a_cs, a_rs, a_cs, bp, pw.np, c.data(), nc, nc);
+      panel_product<Arch, true>(rows, kc, a + k0 * a_cs, a_rs, a_cs, bp, pw.np, c.data(), nc, nc);
   }
   if (pw.k == 0) std::fill(c.begin(), c.end(), T(0));
   using B = simd::batch<T, Arch>;

@@ -1,4 +1,4 @@
-// attnkit: 2D relative attention on the tiled exact-attention kernel (flash_step).
+// attnkit: 2D relative attention on the tiled engine (core/flash.hpp: flash_step).
 //
 // The bias of query i = (yi, xi) and key j = (yj, xj) is w_h[dy + H - 1, dx + W - 1]. For a fixed
 // key it is, over the queries in raster order, an H x W window of the (flipped) table: rows of W
@@ -16,10 +16,10 @@
 #include <vector>
 
 #include "../../core/attention_args.hpp"
+#include "../../core/flash.hpp"
 #include "../../core/gemm.hpp"
 #include "../../core/parallel.hpp"
 #include "../../core/transpose.hpp"
-#include "../../full/detail/flash.hpp"
 #include "../options.hpp"
 
 ATTNKIT_BEGIN_NAMESPACE
@@ -83,17 +83,10 @@ class relative_task {
     flash_columns<T>& cb = w.cb;
     const index_t hkv = h / s_.group(), n = std::min(Br, s_.Lq - i0);
     const index_t len = msk_.key_lengths ? static_cast<index_t>(msk_.key_lengths(b)) : s_.Lk;
-    cb.ncols = n;
-    cb.ld = flash_width<T, Arch>(n);
+    begin_columns<Arch>(
+        cb, s_.dk, n, [&](index_t c) { return q_.ptr(b, h, i0 + c, 0); }, q_.stride(3), qscale_,
+        [&](index_t) { return len; });
     const index_t ld = cb.ld;
-    cb.kmin = n > 0 ? len : 0;
-    cb.kmax = len;
-    std::fill(cb.kend.data(), cb.kend.data() + ld, T(0));
-    std::fill(cb.kend.data(), cb.kend.data() + n, static_cast<T>(len));
-    pack_queries<Arch>(
-        cb, s_.dk, n, [&](index_t c) { return q_.ptr(b, h, i0 + c, 0); }, q_.stride(3), qscale_);
-    std::fill(cb.m.data(), cb.m.data() + ld, -std::numeric_limits<T>::infinity());
-    std::fill(cb.l.data(), cb.l.data() + ld, T(0));
     std::fill(cb.ot.data(), cb.ot.data() + s_.dv * ld, T(0));
     if (post_) std::fill(w.ot2.begin(), w.ot2.begin() + s_.dv * ld, T(0));
     const T* ch = c_.data() + h * W_ * (2 * H_ - 1) * W_;
@@ -119,16 +112,9 @@ class relative_task {
       if (post_) post_product(w, ld, nk, nvec, n, vs, [&](index_t jj) { return bias_row(j0 + jj); });
     }
     // out = O / l (+ O2)
-    const index_t os = out_.stride(3);
-    for (index_t c = 0; c < n; ++c) {
-      const T l = cb.l.data()[c];
-      const T inv = l > T(0) ? T(1) / l : T(0);
-      T* orow = out_.ptr(b, h, i0 + c, 0);
-      for (index_t e = 0; e < s_.dv; ++e) {
-        const T o = cb.ot.data()[e * ld + c] * inv;
-        orow[e * os] = post_ ? o + w.ot2[static_cast<std::size_t>(e * ld + c)] : o;
-      }
-    }
+    write_columns<Arch>(
+        cb, 0, s_.dv, n, [&](index_t c) { return out_.ptr(b, h, i0 + c, 0); }, out_.stride(3),
+        post_ ? w.ot2.data() : nullptr);
   }
 
  private:

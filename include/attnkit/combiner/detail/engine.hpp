@@ -4,8 +4,8 @@
 //   panel of augmented keys, given as runs (rows of K and V read in place through their strides, or
 //   summary rows, or rows gathered into scratch). Column c sees the panel rows [0, kend[c]) (rows
 //   past it are never read into its output, not even NaN), minus the rows whose mask bit c is
-//   clear. The block products and the online softmax are the exact-attention kernel's
-//   (full/detail/flash.hpp: flash_step). A column's state (normalized output, m, l) can be saved,
+//   clear. The block products and the online softmax are the engine's (core/flash.hpp:
+//   flash_step). A column's state (normalized output, m, l) can be saved,
 //   and a later block over other keys finishes merged with it, so a query's augmented keys may
 //   be consumed in several passes with differently grouped columns.
 // * pooled_summary: the summary (k~, e) of one group whose summary query and key are pooled
@@ -20,9 +20,9 @@
 #include <vector>
 
 #include "../../core/attention_args.hpp"
+#include "../../core/flash.hpp"
 #include "../../core/math.hpp"
 #include "../../core/transpose.hpp"
-#include "../../full/detail/flash.hpp"
 #include "../options.hpp"
 
 ATTNKIT_BEGIN_NAMESPACE
@@ -63,23 +63,7 @@ class combiner_block {
   /// (all: vrows < 0) start at zero, and only those may be written or finished.
   template <class Q, class E>
   void begin(index_t ncols, Q&& qrow, index_t qs, T qscale, E&& kend, index_t vrows = -1) {
-    cb_.ncols = ncols;
-    cb_.ld = flash_width<T, Arch>(ncols);
-    const index_t ld = cb_.ld;
-    cb_.kmin = std::numeric_limits<index_t>::max();
-    cb_.kmax = 0;
-    for (index_t c = 0; c < ld; ++c) {
-      const index_t e = c < ncols ? kend(c) : 0;
-      cb_.kend.data()[c] = static_cast<T>(e);
-      if (c < ncols) {
-        cb_.kmin = std::min(cb_.kmin, e);
-        cb_.kmax = std::max(cb_.kmax, e);
-      }
-    }
-    pack_queries<Arch>(cb_, dk_, ncols, qrow, qs, qscale);
-    if (ncols == 0) cb_.kmin = 0;
-    std::fill(cb_.m.data(), cb_.m.data() + ld, -std::numeric_limits<T>::infinity());
-    std::fill(cb_.l.data(), cb_.l.data() + ld, T(0));
+    begin_columns<Arch>(cb_, dk_, ncols, qrow, qs, qscale, kend);
     vrows_ = vrows < 0 ? dv_ : std::min(vrows, dv_);
     cb_.fresh = true;  // O^T is written by the first step, or zeroed by run() (see there)
     runs_.clear();
@@ -153,44 +137,17 @@ class combiner_block {
     }
   }
 
-  /// Saves column c's state: o[e] (e < n value rows), m, l.
-  void save(index_t c, index_t n, T* o, T& m, T& l) const {
-    for (index_t e = 0; e < n; ++e) o[e] = cb_.ot.data()[e * cb_.ld + c];
-    m = cb_.m.data()[c];
-    l = cb_.l.data()[c];
-  }
-
-  /// Writes column c's normalized output rows [e0, e0 + n) to dst[(e - e0) * ds] (zeros when it saw nothing).
-  void finish(index_t c, index_t e0, index_t n, T* dst, index_t ds) const {
-    assert(e0 + n <= vrows_);
-    const T l = cb_.l.data()[c];
-    const T inv = l > T(0) ? T(1) / l : T(0);
-    for (index_t e = 0; e < n; ++e) dst[e * ds] = cb_.ot.data()[(e0 + e) * cb_.ld + c] * inv;
-  }
-  /// The same for the columns c < ncols at once, column c to dst(c) (register-tile transposes when ds == 1).
-  /// Contiguous rows (ds == 1): the columns are scaled by 1 / l in the panel (contiguous, in
-  /// cache), then transposed, rather than scaling the written rows afterwards.
+  /// Writes the normalized output rows [e0, e0 + n) of the columns c < ncols to dst(c)[e * ds]
+  /// (zeros for a column that saw nothing; core/flash.hpp: write_columns).
   template <class D>
   void finish_all(index_t ncols, index_t e0, index_t n, D&& dst, index_t ds) const {
     assert(e0 + n <= vrows_);
-    if (ds != 1) {
-      write_columns<Arch>(cb_, e0, n, ncols, dst, ds);
-      return;
-    }
-    const index_t ld = cb_.ld;
-    inv_.resize(static_cast<std::size_t>(Br));
-    fin_.resize(static_cast<std::size_t>(dv_ * Br));
-    T* inv = inv_.data();
-    T* fin = fin_.data();
-    for (index_t c = 0; c < ld; ++c) {
-      const T l = cb_.l.data()[c];
-      inv[c] = c < ncols && l > T(0) ? T(1) / l : T(0);
-    }
-    const T* ot = cb_.ot.data() + e0 * ld;
-    for (index_t e = 0; e < n; ++e)
-      for (index_t c = 0; c < ld; c += B::size)
-        (B::load(ot + e * ld + c) * B::load(inv + c)).store(fin + e * ld + c);
-    panel_to_rows<Arch, T>(ncols, n, fin, ld, dst);
+    write_columns<Arch>(cb_, e0, n, ncols, dst, ds);
+  }
+  /// A row of dv elements that finish_all may write the columns nobody reads to.
+  T* sink() const {
+    sink_.resize(static_cast<std::size_t>(dv_));
+    return sink_.data();
   }
   /// Column c's running max and sum (of exp2 of the logits shifted by the max).
   T max_of(index_t c) const { return cb_.m.data()[c]; }
@@ -215,15 +172,13 @@ class combiner_block {
       cav[c] = c < ncols ? ma(c) : T(0);
       cbv[c] = c < ncols ? la(c) : T(0);
     }
-    const B zero = B::zero();
     for (index_t c = 0; c < ld; c += B::size) {
       const B m0 = B::load(cav + c), l0 = B::load(cbv + c);
       const B mb = B::load(cb_.m.data() + c), lb = B::load(cb_.l.data() + c);
-      const auto has0 = zero < l0, hasb = zero < lb;
-      // the larger max of the states that saw a key (exp2 of the other's difference is <= 1)
-      const B M = select(has0, select(hasb, max(m0, mb), m0), mb);
-      const B wa = select(has0, exp2_nonpositive(m0 - M) * l0, zero);
-      const B wb = select(hasb, exp2_nonpositive(mb - M), zero);
+      // the merge of the two states (core/softmax.hpp); the saved one is normalized: weight * l0
+      const B M = merged_max(m0, l0, mb, lb);
+      const B wa = merge_weight(m0, l0, M) * l0;
+      const B wb = merge_weight(mb, lb, M);
       wa.store(cav + c);
       wb.store(cbv + c);
       fma(wb, lb, wa).store(den + c);
@@ -274,8 +229,8 @@ class combiner_block {
   std::vector<panel_run<T>> runs_;
   std::vector<std::uint64_t> masks_;
   index_t rows_ = 0;
-  index_t vrows_ = 0;                       // value rows of O^T in use (zeroed by begin)
-  mutable std::vector<T> inv_, fin_, tmp_;  // finish_all / finish_merged scratch
+  index_t vrows_ = 0;                        // value rows of O^T in use (zeroed by begin)
+  mutable std::vector<T> inv_, tmp_, sink_;  // finish_merged scratch, sink()
 };
 
 /// Saved online-softmax states of the queries of one (batch, head) between passes: normalized

@@ -23,7 +23,6 @@
 #include "../../core/gemm.hpp"
 #include "../../core/math.hpp"
 #include "../../core/tensor.hpp"
-#include "../../full/detail/flash.hpp"
 #include "../features.hpp"
 #include "../options.hpp"
 
@@ -34,28 +33,13 @@ namespace detail {
 template <class T, class Arch>
 struct favor_tiling {
   using B = simd::batch<T, Arch>;
-  static constexpr int NV = flash_tiling<T, Arch>::NV;
-  static constexpr int MR = flash_tiling<T, Arch>::MR;
+  static constexpr int NV = gemm_tiling<T, Arch>::NV;
+  static constexpr int MR = gemm_tiling<T, Arch>::MR;
   static constexpr index_t Br = NV * B::size;
   /// Tokens per chunk: the smallest multiple of Br >= 64 (a causal chunk; a query block).
   static constexpr index_t chunk = ((64 + Br - 1) / Br) * Br;
   static constexpr index_t round_up(index_t n) { return (n + Br - 1) / Br * Br; }
 };
-
-/// C [rows x cols] = (Accumulate: C +) A * Bm over column panels of Br; A(r, p) = a[r*a_rs + p*a_cs],
-/// Bm [kc x cols] with row stride ldb, cols a multiple of Br. col_max (optional, not accumulating):
-/// col_max[c] = max(col_max[c], max_r C[r][c]).
-template <class Arch, bool Accumulate, a_layout Fast, class T>
-void favor_gemm(index_t rows, index_t cols, index_t kc, const T* a, index_t a_rs, index_t a_cs, const T* bm,
-                index_t ldb, T* c, index_t ldc, T* col_max = nullptr) {
-  using tl = favor_tiling<T, Arch>;
-  for (index_t j0 = 0; j0 < cols; j0 += tl::Br) {
-    tile_args<T> args;
-    if (col_max) args.col_max = col_max + j0;
-    block_product<typename tl::B, tl::MR, tl::NV, Accumulate, false, Fast>(rows, kc, a, a_rs, a_cs, bm + j0,
-                                                                           ldb, c + j0, ldc, args);
-  }
-}
 
 /// The feature matrix prepared for one kernel and ISA (scales and log2(e) folded in).
 template <class T>
@@ -166,7 +150,7 @@ void favor_key_features(const favor_weights<T>& w, const T* k, index_t sk_j, ind
   const index_t mp = w.mpad;
   T* phi = ws.phik.data();
   T* crow = ws.crow.data();
-  favor_gemm<Arch, false, a_layout::unit_col>(n, mp, w.dk, k, sk_j, sk_d, w.ft.data(), mp, phi, mp);
+  panel_product<Arch, false>(n, w.dk, k, sk_j, sk_d, w.ft.data(), mp, phi, mp, mp);
   if (!w.softmax()) {
     // No stabilizer: c = 0 marks the state as holding keys (merge skips empty states).
     st.c = std::max(st.c, T(0));
@@ -228,8 +212,7 @@ void favor_accumulate(const favor_weights<T>& w, const T* v, index_t sv_j, index
       const B a = B::broadcast(std::exp2(crow[r] - st.c));
       for (index_t f = 0; f < mp; f += W) (B::load(phi + r * mp + f) * a).store(phi + r * mp + f);
     }
-  if (st.dv > 0)
-    favor_gemm<Arch, true, a_layout::unit_row>(st.dv, mp, n, v, sv_d, sv_j, phi, mp, st.s.data(), mp);
+  if (st.dv > 0) panel_product<Arch, true>(st.dv, n, v, sv_d, sv_j, phi, mp, st.s.data(), mp, mp);
   T* z = st.s.data() + st.dv * mp;
   for (index_t f = 0; f < mp; f += W) {
     B acc = B::load(z + f);
@@ -251,8 +234,8 @@ void favor_query_features(const favor_weights<T>& w, const T* q, index_t sq_i, i
   T* qmax = ws.qmax.data();
   std::fill(qmax, qmax + chunk, -std::numeric_limits<T>::infinity());
   T* phi = ws.phiq.data();
-  favor_gemm<Arch, false, a_layout::unit_col>(w.mf, chunk, w.dk, w.f.data(), w.dk, index_t(1), qt, chunk, phi,
-                                              chunk, w.softmax() ? qmax : nullptr);
+  panel_product<Arch, false>(w.mf, w.dk, w.f.data(), w.dk, index_t(1), qt, chunk, phi, chunk, chunk,
+                             w.softmax() ? qmax : nullptr);
   if (w.softmax()) {
     for (index_t f = 0; f < w.mf; ++f)
       for (index_t c = 0; c < chunk; c += W)
@@ -269,8 +252,8 @@ void favor_query_features(const favor_weights<T>& w, const T* q, index_t sq_i, i
 template <class Arch, class T>
 void favor_apply_state(const favor_weights<T>& w, const favor_state<T>& st, index_t chunk,
                        favor_workspace<T>& ws) {
-  favor_gemm<Arch, false, a_layout::unit_col>(st.dv + 1, chunk, w.mf, st.s.data(), st.mpad, index_t(1),
-                                              ws.phiq.data(), chunk, ws.o.data(), chunk);
+  panel_product<Arch, false>(st.dv + 1, w.mf, st.s.data(), st.mpad, index_t(1), ws.phiq.data(), chunk,
+                             ws.o.data(), chunk, chunk);
 }
 
 /// Causal chunk: brings ws.o (the state's contribution, at stabilizer st.c) to each query's
@@ -299,8 +282,8 @@ void favor_intra_chunk(const favor_weights<T>& w, const favor_state<T>& st, cons
         (B::load(o + e * chunk + c) * B::load(a + c)).store(o + e * chunk + c);
   }
   T* at = ws.at.data();
-  favor_gemm<Arch, false, a_layout::unit_col>(nk, chunk, w.mf, ws.phik.data(), w.mpad, index_t(1),
-                                              ws.phiq.data(), chunk, at, chunk);
+  panel_product<Arch, false>(nk, w.mf, ws.phik.data(), w.mpad, index_t(1), ws.phiq.data(), chunk, at, chunk,
+                             chunk);
   T* den = o + dv * chunk;
   for (index_t r = 0; r < nk; ++r) {
     T* row = at + r * chunk;

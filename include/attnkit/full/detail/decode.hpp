@@ -1,9 +1,10 @@
 // attnkit: exact attention for few query rows over many keys (decoding).
 //
-// With Lq * H/Hkv rows per kv head too few to fill a tile of the flash kernel, each row is computed
-// with dot products over d. The keys are split into fixed chunks of kChunk (independent of the
-// thread count, so results do not depend on it); each (b, kv head, chunk) task leaves a partial
-// (max, sum, unnormalized output) per row, and a second pass merges the chunks in order.
+// With Lq * H/Hkv rows per kv head too few to fill a tile of the engine (core/flash.hpp), each row
+// is computed with dot products over d. The keys are split into fixed chunks of decode_chunk
+// (independent of the thread count, so results do not depend on it); each (b, kv head, chunk)
+// task leaves a partial state (max, sum, unnormalized output) per row, and a second pass merges
+// the chunks in order (merged_max, merge_weight: docs/design.md §1.3).
 #pragma once
 
 #include <algorithm>
@@ -97,20 +98,22 @@ void decode_attention(const attention_shape& s, const tensor_view<const T, 4>& q
     }
   });
 
-  // Merge the chunks of every row in chunk order.
+  // Merge the chunks' partial states of every row in chunk order (core/softmax.hpp).
   parallel_for(s.B * s.Hkv, nt, [&](index_t bh, int) {
     const index_t b = bh / s.Hkv, hkv = bh % s.Hkv;
     for (index_t r = 0; r < rows; ++r) {
       const index_t i = r / G, h = hkv * G + r % G;
-      T m = -std::numeric_limits<T>::infinity();
-      for (index_t c = 0; c < nchunk; ++c)
-        m = std::max(m, part.data()[((bh * nchunk + c) * rows + r) * stride_part]);
-      const T sh = online_softmax_state<T>::shift(m);
+      auto state = [&](index_t c) { return part.data() + ((bh * nchunk + c) * rows + r) * stride_part; };
+      T M = state(0)[0], seen = state(0)[1];
+      for (index_t c = 1; c < nchunk; ++c) {
+        M = merged_max_scalar(M, seen, state(c)[0], state(c)[1]);
+        seen = std::max(seen, state(c)[1]);
+      }
       T l = T(0);
-      T* o0 = part.data() + ((bh * nchunk + 0) * rows + r) * stride_part + 2;
+      T* o0 = state(0) + 2;
       for (index_t c = 0; c < nchunk; ++c) {
-        const T* pr = part.data() + ((bh * nchunk + c) * rows + r) * stride_part;
-        const T f = pr[1] > T(0) ? exp2_nonpositive(simd::batch<T, simd::scalar>{pr[0] - sh}).v : T(0);
+        const T* pr = state(c);
+        const T f = merge_weight_scalar(pr[0], pr[1], M);
         l += pr[1] * f;
         if (c == 0) {
           for (index_t e = 0; e < s.dv; ++e) o0[e] *= f;

@@ -17,45 +17,10 @@
 #include "../../core/gemm.hpp"
 #include "../../core/math.hpp"
 #include "../../core/parallel.hpp"
-#include "../../full/detail/flash.hpp"
 #include "check.hpp"
 
 ATTNKIT_BEGIN_NAMESPACE
 namespace detail {
-
-/// C (rows x ncols) = [C +] A * Bp, A(r, p) = a[r * a_rs + p * a_cs], for ncols a multiple of
-/// the register width: column chunks of the tiling's NV registers, then narrower ones.
-template <class Arch, bool Accumulate, class T>
-void lambda_product(index_t rows, index_t kc, const T* a, index_t a_rs, index_t a_cs, const T* bp,
-                    index_t ldb, T* c, index_t ldc, index_t ncols) {
-  using B = simd::batch<T, Arch>;
-  using tiling = flash_tiling<T, Arch>;
-  constexpr int W = B::size, NV = tiling::NV, MR = tiling::MR;
-  const tile_args<T> args{};
-  index_t c0 = 0;
-  auto chunk = [&](auto nv) {
-    constexpr int N = decltype(nv)::value;
-    if (a_cs == 1)
-      block_product_impl<B, MR, N, Accumulate, false, a_layout::unit_col>(rows, kc, a, a_rs, a_cs, bp + c0,
-                                                                          ldb, c + c0, ldc, args);
-    else if (a_rs == 1)
-      block_product_impl<B, MR, N, Accumulate, false, a_layout::unit_row>(rows, kc, a, a_rs, a_cs, bp + c0,
-                                                                          ldb, c + c0, ldc, args);
-    else
-      block_product_impl<B, MR, N, Accumulate, false, a_layout::general>(rows, kc, a, a_rs, a_cs, bp + c0,
-                                                                         ldb, c + c0, ldc, args);
-    c0 += N * W;
-  };
-  while (c0 + NV * W <= ncols) chunk(std::integral_constant<int, NV>{});
-  if constexpr (NV > 4)
-    while (c0 + 4 * W <= ncols) chunk(std::integral_constant<int, 4>{});
-  if constexpr (NV > 3)
-    if (c0 + 3 * W <= ncols) chunk(std::integral_constant<int, 3>{});
-  if constexpr (NV > 2)
-    if (c0 + 2 * W <= ncols) chunk(std::integral_constant<int, 2>{});
-  if constexpr (NV > 1)
-    if (c0 + W <= ncols) chunk(std::integral_constant<int, 1>{});
-}
 
 /// Online softmax over the context positions of every (k, u), with the value rows it weighs:
 /// S[(k, u), :] = sum_m e^{K[m, k, u] - M[k, u]} Vp[(m, u), :], Z[k, u] = sum_m e^{K - M}.
@@ -165,7 +130,7 @@ class lambda_kernel {
         const T inv = T(1) / z;
         for (index_t m = 0; m < n; ++m) row[m * s_.u + u] *= inv;
       }
-    lambda_product<Arch, false>(s_.k, nu, w.kbar.data(), nu, index_t(1), vp(b), vp_, lc, vp_, vp_);
+    panel_product<Arch, false>(s_.k, nu, w.kbar.data(), nu, index_t(1), vp(b), vp_, lc, vp_, vp_);
   }
 
   /// Advances the causal prefix state of batch entry b over the context positions [m0, m1).
@@ -233,8 +198,8 @@ class lambda_kernel {
       }
       add_position(b, n, end, cm, w.a);
       // Y[n] = Q[n] C
-      lambda_product<Arch, false>(s_.h, s_.k, q_.ptr(b, n, 0, 0), q_.stride(2), q_.stride(3), cm, vp_,
-                                  w.y.data(), vp_, vp_);
+      panel_product<Arch, false>(s_.h, s_.k, q_.ptr(b, n, 0, 0), q_.stride(2), q_.stride(3), cm, vp_,
+                                 w.y.data(), vp_, vp_);
       const index_t os = out_.stride(2);
       T* orow = out_.ptr(b, n, 0);
       for (index_t hh = 0; hh < s_.h; ++hh)
@@ -265,8 +230,8 @@ class lambda_kernel {
       case lambda_position_kind::global: {
         const auto& e = pos_.embeddings;
         for (index_t u = 0; u < U && end > 0; ++u)
-          lambda_product<Arch, true>(s_.k, end, e.ptr(n, 0, 0, u), e.stride(2), e.stride(1), vb + u * vp_,
-                                     U * vp_, cm, vp_, vp_);
+          panel_product<Arch, true>(s_.k, end, e.ptr(n, 0, 0, u), e.stride(2), e.stride(1), vb + u * vp_,
+                                    U * vp_, cm, vp_, vp_);
         return;
       }
       default:
@@ -300,16 +265,16 @@ class lambda_kernel {
       // float) stays in L1 for every row tile of the k rows.
       constexpr index_t kb = 192 * 4 / static_cast<index_t>(sizeof(T));
       for (index_t p0 = 0; p0 < kc; p0 += kb)
-        lambda_product<Arch, true>(s_.k, std::min(kb, kc - p0), ga.data() + p0, kc, index_t(1),
-                                   vb + (m0 * U + p0) * vp_, vp_, cm, vp_, vp_);
+        panel_product<Arch, true>(s_.k, std::min(kb, kc - p0), ga.data() + p0, kc, index_t(1),
+                                  vb + (m0 * U + p0) * vp_, vp_, cm, vp_, vp_);
       return;
     }
     // A window narrower than the grid: one product per key row over its columns [xa, xb).
     for (index_t yy = ya; yy < yb; ++yy) {
       const index_t xb = std::min(xw, end - yy * Wd);
       if (xb <= xa) continue;
-      lambda_product<Arch, true>(s_.k, (xb - xa) * U, table(yy, 0), rw * U, index_t(1),
-                                 vb + (yy * Wd + xa) * U * vp_, vp_, cm, vp_, vp_);
+      panel_product<Arch, true>(s_.k, (xb - xa) * U, table(yy, 0), rw * U, index_t(1),
+                                vb + (yy * Wd + xa) * U * vp_, vp_, cm, vp_, vp_);
     }
   }
 

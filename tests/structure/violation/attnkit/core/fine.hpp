@@ -1,0 +1,1 @@
+// fixture of the include check
