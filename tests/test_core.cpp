@@ -201,7 +201,8 @@ TEST_CASE("mask: visibility gives each query a prefix of keys for every causal m
             const index_t end = vis.key_end(i);
             if (end < 0 || end > lk) ++bad;
             for (index_t j = 0; j < lk; ++j) {
-              const bool want = attnkit_test::ref::visible(m, b, i, j, lq, lk);  // the spec: DESIGN section 3
+              const bool want =
+                  attnkit_test::ref::visible(m, b, i, j, lq, lk);  // the spec: docs/design.md §3
               bad += vis.visible(i, j) != want;
               bad += (j < end) != want;
             }

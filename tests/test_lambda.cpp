@@ -1,4 +1,4 @@
-// attnkit tests: lambda attention (lambda_attention, DESIGN 4.4) against the fp64 einsum reference
+// attnkit tests: lambda attention (lambda_attention, docs/design.md §4.4) against the fp64 einsum reference
 // of tests/reference/lambda_ref.hpp, for every position term, mask, layout and SIMD architecture
 // the build can run, and its exact properties: relative == global with E expanded from R, local of
 // full scope == relative, translation equivariance of the position lambdas, causal prefixes,

@@ -1,5 +1,5 @@
 // attnkit tests: the lambda layer against the fp64 composition (projections, batch norm, then the
-// lambda formulas of DESIGN 4.4 on materialized position embeddings) and against lambda_attention
+// lambda formulas of docs/design.md §4.4 on materialized position embeddings) and against lambda_attention
 // on its own projections; batch-norm folding, strided inputs, invalid arguments, empty extents.
 #include <attnkit/lambda/layer.hpp>
 

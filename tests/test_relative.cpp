@@ -1,4 +1,4 @@
-// attnkit tests: CoAtNet's 2D relative attention (relative_attention_2d, DESIGN 4.5) against the
+// attnkit tests: CoAtNet's 2D relative attention (relative_attention_2d, docs/design.md §4.5) against the
 // fp64 reference of tests/reference/relative_ref.hpp, pre_softmax and post_softmax, both offset
 // conventions, for every SIMD architecture the build can run; and its exact properties: the two
 // conventions are related by flipping the table, the bias is translation-equivariant, a zero

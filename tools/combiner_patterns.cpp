@@ -15,7 +15,7 @@
 // Text: one line per query i, one character per key j: '#' j in D_i (p(j|i) = e^{s_ij} / Z_i),
 // '+' j reached through a summary (p(j|i) = the group's share times j's weight inside the group),
 // '.' p(j|i) = 0. A cell where the sets and p disagree (p > 0 outside the sets, or p == 0 inside)
-// prints '!' and makes the program exit with status 1 (DESIGN 4.3: p(j|i) > 0 exactly on V_i).
+// prints '!' and makes the program exit with status 1 (docs/design.md §4.3: p(j|i) > 0 exactly on V_i).
 // PGM (binary P5, row i = query i, column j = key j): black where p = 0, else grey levels on a log
 // scale from the picture's smallest p > 0 (dark grey) to its largest p (white).
 #include <attnkit/attnkit.hpp>

@@ -1,4 +1,4 @@
-// attnkit tests: naive fp64 exact attention, written from DESIGN 4.1 and the mask model of
+// attnkit tests: naive fp64 exact attention, written from docs/design.md §4.1 and the mask model of
 // section 3, independently of the library's kernels (it only reads attnkit's option structs and
 // views). Everything is materialized; only visible keys are ever read, so NaN / Inf stored in
 // invisible keys, values or bias entries cannot reach a reference output.
@@ -18,7 +18,7 @@
 namespace attnkit_test {
 namespace ref {
 
-/// Is key j visible to query i of batch entry b? (DESIGN 3: causal offset uses the full Lk.)
+/// Is key j visible to query i of batch entry b? (docs/design.md §3: causal offset uses the full Lk.)
 inline bool visible(const attnkit::mask& m, index_t b, index_t i, index_t j, index_t lq, index_t lk) {
   const index_t len = m.key_lengths.data() ? static_cast<index_t>(m.key_lengths(b)) : lk;
   if (j < 0 || j >= len) return false;

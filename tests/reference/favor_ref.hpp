@@ -1,4 +1,4 @@
-// attnkit tests: naive fp64 FAVOR+, written from the formulas of DESIGN 4.2 independently of the
+// attnkit tests: naive fp64 FAVOR+, written from the formulas of docs/design.md §4.2 independently of the
 // library's kernels (it reads only the feature matrix, the option structs and the views).
 // Everything is materialized: the feature vectors of every query and key, then the ratio
 //   out_i = sum_{j visible} (phi(q_i).phi(k_j)) v_j / sum_{j visible} phi(q_i).phi(k_j).
@@ -17,7 +17,7 @@
 namespace attnkit_test {
 namespace ref {
 
-/// phi(x) of DESIGN 4.2 for the rows x [n, d] (row-major, fp64) and W [m, d]:
+/// phi(x) of docs/design.md §4.2 for the rows x [n, d] (row-major, fp64) and W [m, d]:
 ///   softmax_positive:   m^(-1/2) exp(W x' - |x'|^2/2 - c)
 ///   softmax_hyperbolic: (2m)^(-1/2) exp(-|x'|^2/2 - c) [exp(W x'), exp(-W x')]
 ///   relu:               m^(-1/2) relu(W x) + eps
@@ -79,7 +79,7 @@ std::vector<std::vector<double>> rows_of(const view<const T, 4>& x, index_t b, i
   return r;
 }
 
-/// FAVOR+ attention in fp64 with the feature matrix w [m, dk] (DESIGN 4.2; the mask model of
+/// FAVOR+ attention in fp64 with the feature matrix w [m, dk] (docs/design.md §4.2; the mask model of
 /// section 3: causal when opt.causal or opt.mask.causal is set, key_lengths drop padding keys).
 template <class T>
 attnkit::tensor<double, 4> favor(const view<const T, 4>& q, const view<const T, 4>& k,

@@ -1,4 +1,4 @@
-// attnkit tests: naive fp64 lambda attention, written from the einsum formulas of DESIGN 4.4 (Bello
+// attnkit tests: naive fp64 lambda attention, written from the einsum formulas of docs/design.md §4.4 (Bello
 // 2021) and the mask model of section 3, independently of the library's kernel (it reads only the
 // option structs, the position term's fields and the views, through attnkit_test::at). The position
 // term is expanded into an explicit E [n, m, k, u] first (zeros for none), then per query position
@@ -73,7 +73,7 @@ struct lambda_result {
   attnkit::tensor<double, 3> out, mag;
 };
 
-/// One past the last context position query i of batch entry b sees (DESIGN 3; lambda causal is
+/// One past the last context position query i of batch entry b sees (docs/design.md §3; lambda causal is
 /// options.causal or mask.causal; bottom_right offsets by m - n).
 inline index_t lambda_visible_end(const attnkit::lambda_options& opt, index_t b, index_t i, index_t n,
                                   index_t m) {

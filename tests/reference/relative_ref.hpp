@@ -1,4 +1,4 @@
-// attnkit tests: naive fp64 2D relative attention (CoAtNet, DESIGN 4.5), written from the formulas
+// attnkit tests: naive fp64 2D relative attention (CoAtNet, docs/design.md §4.5), written from the formulas
 // of relative_attention_2d's doc comment, independently of the kernel (it only reads attnkit's
 // option structs and views). For every (b, h, i) the logits of the visible keys are materialized,
 // the relative kernel w_h[dy, dx] of every (i, j) is looked up in the table by the positions

@@ -1,4 +1,4 @@
-// attnkit: CoAtNet's blocks for inference on NHWC feature maps (DESIGN 4.5), configured and named
+// attnkit: CoAtNet's blocks for inference on NHWC feature maps (docs/design.md §4.5), configured and named
 // as timm's MaxxVit builds them so that their parameters load from timm's checkpoints:
 //   mbconv_block       pre-norm inverted bottleneck: batch norm (+ act), 1x1 expand (4x) + batch
 //                      norm + act, depthwise 3x3 + batch norm + act, squeeze-excitation (0.25),

@@ -1,4 +1,4 @@
-// attnkit: the CoAtNet network (Dai et al. 2021; DESIGN 4.5) for inference on NHWC images: a
+// attnkit: the CoAtNet network (Dai et al. 2021; docs/design.md §4.5) for inference on NHWC images: a
 // convolutional stem, MBConv stages, transformer stages with 2D relative attention, and a
 // classifier head, configured as timm's MaxxVit builds CoAtNets so that timm's checkpoints load
 // under their own parameter names (coatnet/safetensors.hpp reads them from .safetensors files).

@@ -1,4 +1,4 @@
-// attnkit: CoAtNet's inference building blocks on NHWC tensors (DESIGN 4.5): convolutions (dense,
+// attnkit: CoAtNet's inference building blocks on NHWC tensors (docs/design.md §4.5): convolutions (dense,
 // depthwise), batch-norm folding, activations, squeeze-excitation, layer norm, pooling and the
 // linear head. PyTorch semantics throughout, so timm's weights load as they are: convolution
 // weights [Cout, Cin / groups, kh, kw], linear weights [out, in], optional biases [Cout] (an empty

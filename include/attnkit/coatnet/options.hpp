@@ -1,4 +1,4 @@
-// attnkit: options of CoAtNet's 2D relative attention (DESIGN 4.5).
+// attnkit: options of CoAtNet's 2D relative attention (docs/design.md §4.5).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// attnkit: CoAtNet's 2D relative attention (Dai et al. 2021; DESIGN 4.5): exact attention with a
+// attnkit: CoAtNet's 2D relative attention (Dai et al. 2021; docs/design.md §4.5): exact attention with a
 // static, translation-equivariant kernel w_h[dy, dx] on the logits or on the attention weights.
 #pragma once
 

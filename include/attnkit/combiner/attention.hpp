@@ -1,4 +1,4 @@
-// attnkit: Combiner attention (Ren et al. 2021; DESIGN 4.3): full attention at sparse cost.
+// attnkit: Combiner attention (Ren et al. 2021; docs/design.md §4.3): full attention at sparse cost.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +22,7 @@ ATTNKIT_BEGIN_NAMESPACE
 ///   out_i = (sum_{j in D_i} e^{s_ij} v_j + sum_groups e^{scale q_i . k~} e_group) / Z_i,
 /// with each group's summary key k~ and local expectation e_group computed once per call and
 /// shared by every query that uses the group (see combiner_probabilities for the distribution
-/// this implies, and DESIGN 4.3). Plans: combiner::fixed, logsparse, axial, learnable.
+/// this implies, and docs/design.md §4.3). Plans: combiner::fixed, logsparse, axial, learnable.
 /// q [B, H, L, dk], k [B, Hkv, L, dk], v [B, Hkv, L, dv], out [B, H, L, dv]; any strides; H a
 /// multiple of Hkv (self-attention: Lq == Lk). Bidirectional, or causal (options.causal or
 /// mask.causal): query i sees keys j <= i, and its output does not depend on anything after i.

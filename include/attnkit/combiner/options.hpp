@@ -1,4 +1,4 @@
-// attnkit: options and plans of Combiner attention (DESIGN 4.3).
+// attnkit: options and plans of Combiner attention (docs/design.md §4.3).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// attnkit: the explicit distribution p(j|i) a Combiner plan implies (DESIGN 4.3), for small L.
+// attnkit: the explicit distribution p(j|i) a Combiner plan implies (docs/design.md §4.3), for small L.
 #pragma once
 
 #include <cmath>

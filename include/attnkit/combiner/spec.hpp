@@ -1,4 +1,4 @@
-// attnkit: the Combiner plans written out per query (DESIGN 4.3), the readable specification.
+// attnkit: the Combiner plans written out per query (docs/design.md §4.3), the readable specification.
 //
 // For query i of a sequence of L positions whose first `len` are keys (the rest padding), each
 // plan names its direct positions D_i and its groups. These functions build the sets literally,

@@ -1,5 +1,5 @@
 // attnkit: the tiled online-softmax engine (docs/design.md §1.2) that exact attention, the
-// Combiner, CoAtNet's relative attention and the clusters of learnable Combiner plans run on.
+// Combiner and CoAtNet's relative attention run on.
 //
 // A block of Br "columns" (query rows, packed transposed: Q^T, d x Br, pre-scaled by
 // scale * log2(e)) runs over blocks of Bc keys; per key block (flash_step):

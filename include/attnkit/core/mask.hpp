@@ -1,4 +1,4 @@
-// attnkit: the one mask model shared by every operator (DESIGN section 3).
+// attnkit: the one mask model shared by every operator (docs/design.md §3).
 #pragma once
 
 #include <algorithm>

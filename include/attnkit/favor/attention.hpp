@@ -1,4 +1,4 @@
-// attnkit: FAVOR+ attention (Performer), bidirectional and causal (DESIGN 4.2).
+// attnkit: FAVOR+ attention (Performer), bidirectional and causal (docs/design.md §4.2).
 #pragma once
 
 #include <string>

@@ -1,4 +1,4 @@
-// attnkit: streaming FAVOR+ decoding (DESIGN 4.2): a per-(batch, kv head) state S = sum phi(k) v^T,
+// attnkit: streaming FAVOR+ decoding (docs/design.md §4.2): a per-(batch, kv head) state S = sum phi(k) v^T,
 // z = sum phi(k) that grows one token at a time.
 #pragma once
 

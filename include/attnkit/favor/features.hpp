@@ -1,4 +1,4 @@
-// attnkit: the random feature matrices of FAVOR+ (DESIGN 4.2).
+// attnkit: the random feature matrices of FAVOR+ (docs/design.md §4.2).
 //
 // W in R^{m x d}. orthogonal(): rows from blocks of d orthonormal rows (Gram-Schmidt, i.e. the Q
 // factor with positive diagonal R of the QR of an N(0,1)^{d x d} block; the last block keeps only

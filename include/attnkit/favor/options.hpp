@@ -5,7 +5,7 @@
 
 ATTNKIT_BEGIN_NAMESPACE
 
-/// The feature map phi of DESIGN 4.2: positive or hyperbolic random features estimating the
+/// The feature map phi of docs/design.md §4.2: positive or hyperbolic random features estimating the
 /// softmax kernel exp(scale q.k), or relu features (generalized attention).
 enum class favor_kernel { softmax_positive, softmax_hyperbolic, relu };
 

@@ -1,4 +1,4 @@
-// attnkit: exact softmax attention, tiled with an online softmax (DESIGN 4.1). The baseline every
+// attnkit: exact softmax attention, tiled with an online softmax (docs/design.md §4.1). The baseline every
 // other operator is measured against.
 #pragma once
 

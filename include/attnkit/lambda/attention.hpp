@@ -1,4 +1,4 @@
-// attnkit: lambda attention (Bello 2021, "LambdaNetworks"; DESIGN 4.4): the context summarized
+// attnkit: lambda attention (Bello 2021, "LambdaNetworks"; docs/design.md §4.4): the context summarized
 // into linear functions (lambdas) applied to every query, with no attention map.
 #pragma once
 

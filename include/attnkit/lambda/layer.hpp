@@ -1,4 +1,4 @@
-// attnkit: the lambda layer (Bello 2021, "LambdaNetworks"; DESIGN 4.4): projections of the inputs
+// attnkit: the lambda layer (Bello 2021, "LambdaNetworks"; docs/design.md §4.4): projections of the inputs
 // to queries, keys and values, inference batch norm on queries and values, the position
 // parameters, and lambda_attention over the projections.
 #pragma once

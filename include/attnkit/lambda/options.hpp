@@ -1,4 +1,4 @@
-// attnkit: options and position terms of lambda attention (Bello 2021; DESIGN 4.4).
+// attnkit: options and position terms of lambda attention (Bello 2021; docs/design.md §4.4).
 #pragma once
 
 #include <cstdint>

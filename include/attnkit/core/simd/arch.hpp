@@ -1,5 +1,5 @@
-// attnkit: SIMD architecture tags. Kernels overload on the tag; derived-to-base conversion is the
-// fallback chain (a missing avx512 overload falls back to avx2, then scalar).
+// attnkit: SIMD architecture tags (docs/design.md §1.5). Kernels are templates on the tag and
+// run on simd::batch<T, Arch>; simd::native is the widest the compiler's flags enable.
 #pragma once
 
 #include "../config.hpp"
@@ -10,10 +10,10 @@ namespace simd {
 struct scalar {
   static constexpr const char* name = "scalar";
 };
-struct avx2 : scalar {
+struct avx2 {
   static constexpr const char* name = "avx2";
 };
-struct avx512 : avx2 {
+struct avx512 {
   static constexpr const char* name = "avx512";
 };
 

@@ -1,4 +1,4 @@
-// attnkit: the lambda kernel (DESIGN 4.4). Per batch entry b:
+// attnkit: the lambda kernel (docs/design.md §4.4). Per batch entry b:
 //   Vp   = V repacked as [(m, u), v] rows (v padded to whole SIMD registers with zeros)
 //   lc   = Kbar Vp, Kbar[k, (m, u)] = softmax over m of K[m, k, u] (causal: per query, prefix)
 // and per query position n (its own lambda C, k x v, built in registers-sized tiles and used at once):
