@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "engine.hpp"
@@ -16,30 +17,54 @@ ATTNKIT_BEGIN_NAMESPACE
 namespace detail {
 
 /// The scratch of combiner_logsparse, per thread, for chunks of C positions (nlv entries that
-/// differ between the positions of a chunk, LC per-chunk levels, nl levels, ne_max entries).
+/// differ between the positions of a chunk, LC per-chunk levels, nl levels, ne_max entries):
+/// named arrays laid out back to back in one buffer (neighbours in memory, as the kernel reads
+/// them together).
 template <class T>
 struct logsparse_scratch {
-  std::vector<T> QR, KR, VR;  ///< a chunk's query, key and value rows, copied when strided
-  std::vector<T> QT, KT;      ///< its queries and keys as panels (transposed)
-  std::vector<T> KP, VP;      ///< key and value panels of the entries that differ between positions
-  std::vector<T> OT;          ///< the chunk's output, transposed
-  std::vector<T> SQ, SK, SE;  ///< per-chunk levels: pooled queries, keys, local expectations
-  std::vector<T> OS;          ///< running weighted values of the shared levels
-  std::vector<T> zero;        ///< a row of zeros (padding positions)
-  std::vector<T> X, VM;       ///< logits then probabilities per entry, and which lanes see it
-  std::vector<T> xb, sh, pb;  ///< one entry's logits, shifts and probabilities
+  T *QR = nullptr, *KR = nullptr,
+    *VR = nullptr;                 ///< a chunk's query, key and value rows, copied when strided
+  T *QT = nullptr, *KT = nullptr;  ///< its queries and keys as panels (transposed)
+  T *KP = nullptr, *VP = nullptr;  ///< key and value panels of the entries that differ between positions
+  T* OT = nullptr;                 ///< the chunk's output, transposed
+  T *SQ = nullptr, *SK = nullptr,
+    *SE = nullptr;                ///< per-chunk levels: pooled queries, keys, local expectations
+  T* OS = nullptr;                ///< running weighted values of the shared levels
+  T* zero = nullptr;              ///< a row of zeros (padding positions)
+  T *X = nullptr, *VM = nullptr;  ///< logits then probabilities per entry, and which lanes see it
+  T *xb = nullptr, *sh = nullptr, *pb = nullptr;  ///< one entry's logits, shifts and probabilities
   void size(index_t C, index_t dk, index_t dv, index_t nlv, index_t LC, index_t nl, index_t ne_max) {
-    auto fit = [](std::vector<T>& x, index_t n) { x.resize(static_cast<std::size_t>(n)); };
-    fit(QR, C * dk), fit(KR, C * dk), fit(VR, C * dv);
-    fit(QT, dk * C), fit(KT, dk * C);
-    fit(KP, dk * C * nlv), fit(VP, dv * C * nlv);
-    fit(OT, dv * C);
-    fit(SQ, LC * C * dk), fit(SK, LC * C * dk), fit(SE, LC * C * dv);
-    fit(OS, nl * dv);
-    fit(zero, std::max(dk, dv));
-    fit(X, ne_max * C), fit(VM, ne_max * C);
-    fit(xb, C), fit(sh, C), fit(pb, C);
+    const index_t dm = std::max(dk, dv);
+    const std::pair<T**, index_t> parts[] = {{&QR, C * dk},
+                                             {&KR, C * dk},
+                                             {&VR, C * dv},
+                                             {&QT, dk * C},
+                                             {&KT, dk * C},
+                                             {&KP, dk * C * nlv},
+                                             {&VP, dv * C * nlv},
+                                             {&OT, dv * C},
+                                             {&SQ, LC * C * dk},
+                                             {&SK, LC * C * dk},
+                                             {&SE, LC * C * dv},
+                                             {&OS, nl * dv},
+                                             {&zero, dm},
+                                             {&X, ne_max * C},
+                                             {&VM, ne_max * C},
+                                             {&xb, C},
+                                             {&sh, C},
+                                             {&pb, C}};
+    index_t total = 0;
+    for (const auto& p : parts) total += p.second;
+    buf_.resize(static_cast<std::size_t>(total));
+    T* at = buf_.data();
+    for (const auto& p : parts) {
+      *p.first = at;
+      at += p.second;
+    }
   }
+
+ private:
+  std::vector<T> buf_;
 };
 
 /// Per-thread scratch of the plans.
