@@ -218,8 +218,8 @@ void native_ops(const char* type) {
   const auto w = random_tensor<T, 4>({Co, C, 3, 3}, 21, -0.3, 0.3);
   const auto bias = random_tensor<T, 1>({Co}, 22);
   for (int stride : {1, 2}) {
-    const index_t oh = cn::detail_ops::conv_extent(Hh, 3, stride, 1),
-                  ow = cn::detail_ops::conv_extent(Ww, 3, stride, 1);
+    const index_t oh = attnkit::detail::conv_extent(Hh, 3, stride, 1),
+                  ow = attnkit::detail::conv_extent(Ww, 3, stride, 1);
     tensor<T, 4> out({B, oh, ow, Co});
     cn::conv2d<attnkit::simd::native, T>(x.cview(), w.cview(), bias.cview(), out.view(), stride, 1,
                                          cn::activation::gelu);

@@ -21,7 +21,9 @@
 #include <utility>
 #include <vector>
 
+#include "detail/blocks.hpp"
 #include "ops.hpp"
+#include "parameters.hpp"
 #include "relative_attention.hpp"
 
 ATTNKIT_BEGIN_NAMESPACE
@@ -56,285 +58,6 @@ struct transformer_config {
   double norm_eps = 1e-6;  ///< layer norm eps (also the final norm's / the head's)
 };
 
-/// A named list of parameters (timm names, PyTorch shapes, row-major values), in module order.
-template <class T>
-class parameter_set {
- public:
-  using list = std::vector<std::pair<std::string, std::vector<index_t>>>;
-
-  /// Declares parameter `name` of `shape`.
-  void add(const std::string& name, std::vector<index_t> shape) {
-    order_.push_back(name);
-    params_[name].shape = std::move(shape);
-  }
-  void add_batch_norm(const std::string& p, index_t c) {
-    for (const char* s : {"weight", "bias", "running_mean", "running_var"}) add(p + "." + s, {c});
-  }
-  void add_conv(const std::string& p, index_t out, index_t in, index_t k, bool bias) {
-    add(p + ".weight", {out, in, k, k});
-    if (bias) add(p + ".bias", {out});
-  }
-
-  list parameters() const {
-    list out;
-    for (const std::string& n : order_) out.emplace_back(n, params_.at(n).shape);
-    return out;
-  }
-  std::vector<std::string> missing() const {
-    std::vector<std::string> out;
-    for (const std::string& n : order_)
-      if (!params_.at(n).loaded) out.push_back(n);
-    return out;
-  }
-  const std::vector<index_t>* shape(const std::string& name) const {
-    const auto it = params_.find(name);
-    return it == params_.end() ? nullptr : &it->second.shape;
-  }
-  bool has(const std::string& name) const { return params_.count(name) != 0; }
-
-  /// Sets `name` from count values; throws invalid_argument (changing nothing) for an unknown name
-  /// or a wrong count.
-  void set(const std::string& name, const T* data, index_t count, const char* where) {
-    const auto it = params_.find(name);
-    detail::require(it != params_.end(), where, [&] { return "no parameter named \"" + name + "\""; });
-    entry& p = it->second;
-    detail::require(count == p.numel(), where, [&] {
-      return "parameter \"" + name + "\" has shape " + text(p.shape) + " (" + std::to_string(p.numel()) +
-             " values), got " + std::to_string(count) + " values";
-    });
-    detail::require(data != nullptr || count == 0, where, "data is null");
-    p.data.assign(data, data + count);
-    if (!p.loaded) ++loaded_;
-    p.loaded = true;
-  }
-
-  /// True when every parameter is set.
-  bool complete() const { return loaded_ == order_.size(); }
-
-  /// Throws invalid_argument unless every parameter is set.
-  void require_loaded(const char* where) const {
-    detail::require(complete(), where, [&] {
-      const std::vector<std::string> m = missing();
-      return std::to_string(m.size()) + " parameters are not loaded, e.g. \"" + m.front() + "\"";
-    });
-  }
-
-  const std::vector<T>& data(const std::string& name) const { return params_.at(name).data; }
-  template <std::size_t N>
-  tensor_view<const T, N> view(const std::string& name) const {
-    const entry& p = params_.at(name);
-    std::array<index_t, N> e{};
-    for (std::size_t i = 0; i < N; ++i) e[i] = p.shape[i];
-    return tensor_view<const T, N>::contiguous(p.data.data(), e);
-  }
-  /// The view of `name`, or an empty view when there is no such parameter (an absent bias).
-  tensor_view<const T, 1> optional(const std::string& name) const {
-    return has(name) ? view<1>(name) : tensor_view<const T, 1>{};
-  }
-  template <std::size_t N>
-  tensor<T, N> copy(const std::string& name) const {
-    tensor<T, N> t(view<N>(name).extents());
-    std::copy(data(name).begin(), data(name).end(), t.data());
-    return t;
-  }
-
-  static std::string text(const std::vector<index_t>& s) {
-    std::string t = "[";
-    for (std::size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
-    return t + "]";
-  }
-
- private:
-  struct entry {
-    std::vector<index_t> shape;
-    std::vector<T> data;
-    bool loaded = false;
-    index_t numel() const {
-      index_t n = 1;
-      for (index_t e : shape) n *= e;
-      return n;
-    }
-  };
-  std::vector<std::string> order_;
-  std::map<std::string, entry> params_;
-  std::size_t loaded_ = 0;  ///< entries with loaded set
-};
-
-namespace detail_net {
-using namespace attnkit::detail;
-
-/// timm's make_divisible(v, 8): round to the nearest multiple of 8, at least 8, and not below 0.9 v.
-inline std::int64_t make_divisible(double v, std::int64_t divisor = 8) {
-  std::int64_t n = std::max<std::int64_t>(
-      divisor, static_cast<std::int64_t>(v + static_cast<double>(divisor) / 2.0) / divisor * divisor);
-  if (static_cast<double>(n) < 0.9 * v) n += divisor;
-  return n;
-}
-
-/// A contiguous NHWC activation in a workspace buffer.
-template <class T>
-struct act_t {
-  T* p = nullptr;
-  index_t B = 0, H = 0, W = 0, C = 0;
-  tensor_view<T, 4> v() const { return tensor_view<T, 4>::contiguous(p, {B, H, W, C}); }
-  tensor_view<const T, 4> cv() const { return tensor_view<const T, 4>::contiguous(p, {B, H, W, C}); }
-  index_t pixels() const { return H * W; }
-  index_t size() const { return B * H * W * C; }
-};
-
-/// Activation buffers shared by the blocks of a network (grown, never shrunk, so a second forward
-/// pass allocates and zeroes nothing).
-template <class T>
-class workspace {
- public:
-  enum role : int { x0, x1, a, b, c, d, count };
-  act_t<T> make(int r, index_t B, index_t H, index_t W, index_t C) {
-    std::vector<T>& v = buffers_[static_cast<std::size_t>(r)];
-    const index_t n = B * H * W * C;
-    if (v.size() < static_cast<std::size_t>(n)) v.resize(static_cast<std::size_t>(n));
-    return act_t<T>{v.data(), B, H, W, C};
-  }
-
- private:
-  std::array<std::vector<T>, count> buffers_;
-};
-
-/// out = act(x * gate[b, c] * scale[c] + shift[c]) on contiguous NHWC [B, pixels, C] (gate may be
-/// null: 1; out may be x). Tasks of 64 pixels.
-template <class Arch, class T>
-void scale_shift(const T* x, const T* gate, const std::vector<T>& scale, const std::vector<T>& shift,
-                 activation act, T* out, index_t B, index_t pixels, index_t C, int threads) {
-  constexpr index_t chunk = 64;
-  const index_t per_b = (pixels + chunk - 1) / chunk;
-  parallel_for(B * per_b, resolve_threads(threads, B * per_b), [&](index_t task, int) {
-    const index_t b = task / per_b, p0 = task % per_b * chunk, p1 = std::min(pixels, p0 + chunk);
-    const T* g = gate ? gate + b * C : nullptr;
-    const T* s = scale.data();
-    const T* t = shift.data();
-    for (index_t p = p0; p < p1; ++p) {
-      const T* xr = x + (b * pixels + p) * C;
-      T* o = out + (b * pixels + p) * C;
-      if (g)
-        for (index_t c = 0; c < C; ++c) o[c] = xr[c] * g[c] * s[c] + t[c];
-      else
-        for (index_t c = 0; c < C; ++c) o[c] = xr[c] * s[c] + t[c];
-      activate_row<Arch>(act, o, C);
-    }
-  });
-}
-
-/// A batch norm as a per-channel affine map (computed in double).
-template <class T>
-struct affine {
-  std::vector<T> scale, shift;
-};
-template <class T>
-affine<T> batch_norm_affine(const parameter_set<T>& ps, const std::string& p, double eps) {
-  const std::vector<T>&g = ps.data(p + ".weight"), &b = ps.data(p + ".bias"),
-        &m = ps.data(p + ".running_mean"), &v = ps.data(p + ".running_var");
-  affine<T> a{std::vector<T>(g.size()), std::vector<T>(g.size())};
-  for (std::size_t c = 0; c < g.size(); ++c) {
-    const double s = static_cast<double>(g[c]) / std::sqrt(static_cast<double>(v[c]) + eps);
-    a.scale[c] = static_cast<T>(s);
-    a.shift[c] = static_cast<T>(static_cast<double>(b[c]) - static_cast<double>(m[c]) * s);
-  }
-  return a;
-}
-
-/// Convolution `conv` (".weight", optional ".bias") with batch norm `bn` folded in, packed.
-template <class Arch, class T>
-packed_weights<T> pack_folded(const parameter_set<T>& ps, const std::string& conv, const std::string& bn,
-                              double eps) {
-  const folded_conv<T> f = fold_batch_norm<T>(
-      ps.template view<4>(conv + ".weight"), ps.optional(conv + ".bias"), ps.template view<1>(bn + ".weight"),
-      ps.template view<1>(bn + ".bias"), ps.template view<1>(bn + ".running_mean"),
-      ps.template view<1>(bn + ".running_var"), eps);
-  return detail_ops::pack_conv<Arch, T>(f.weight.cview(), f.bias.cview());
-}
-template <class Arch, class T>
-packed_weights<T> pack_plain(const parameter_set<T>& ps, const std::string& conv) {
-  return detail_ops::pack_conv<Arch, T>(ps.template view<4>(conv + ".weight"), ps.optional(conv + ".bias"));
-}
-
-/// out = act(conv(x) + bias) [+ residual] with k x k packed weights, stride, padding k / 2.
-template <class Arch, class T>
-void conv(const act_t<T>& x, const packed_weights<T>& w, index_t k, int stride, activation act,
-          const act_t<T>& out, const T* residual, int threads) {
-  detail_ops::conv2d_packed<Arch, T>(x.cv(), w, k, k, stride, static_cast<int>(k / 2), act, out.v(), residual,
-                                     threads);
-}
-
-/// The pooled shortcut of a downsampling block: y = expand(pool(x)) (or pool(x) when in == out).
-template <class Arch, class T>
-void pooled_shortcut(const act_t<T>& x, const packed_weights<T>* expand, const act_t<T>& y, workspace<T>& ws,
-                     int r, int threads) {
-  const act_t<T> p = ws.make(r, x.B, x.H / 2, x.W / 2, x.C);
-  avg_pool_2x2<T>(x.cv(), p.v(), threads);
-  if (expand)
-    conv<Arch>(p, *expand, 1, 1, activation::none, y, static_cast<const T*>(nullptr), threads);
-  else
-    std::copy(p.p, p.p + p.size(), y.p);
-}
-
-/// Runs block.run(x, y) on views of any strides: x and out are copied through contiguous buffers
-/// when they are not contiguous NHWC.
-template <class Block, class T>
-void forward_views(Block& block, const tensor_view<const T, 4>& x, const tensor_view<T, 4>& out,
-                   workspace<T>& ws, std::vector<T>& xin, std::vector<T>& yout, int threads) {
-  auto contiguous = [](const auto& v) {
-    index_t s = 1;
-    for (std::size_t d = 4; d-- > 0;) {
-      if (v.extent(d) > 1 && v.stride(d) != s) return false;
-      s *= v.extent(d);
-    }
-    return true;
-  };
-  act_t<T> a{nullptr, x.extent(0), x.extent(1), x.extent(2), x.extent(3)};
-  if (contiguous(x)) {
-    a.p = const_cast<T*>(x.data());  // Block::run only reads its input
-  } else {
-    xin.resize(static_cast<std::size_t>(a.size()));
-    a.p = xin.data();
-    for (index_t b = 0; b < a.B; ++b)
-      for (index_t h = 0; h < a.H; ++h)
-        for (index_t w = 0; w < a.W; ++w)
-          for (index_t c = 0; c < a.C; ++c) a.p[((b * a.H + h) * a.W + w) * a.C + c] = x(b, h, w, c);
-  }
-  act_t<T> y{nullptr, out.extent(0), out.extent(1), out.extent(2), out.extent(3)};
-  const bool direct = contiguous(out);
-  if (direct) {
-    y.p = out.data();
-  } else {
-    yout.resize(static_cast<std::size_t>(y.size()));
-    y.p = yout.data();
-  }
-  block.run(a, y, ws, threads);
-  if (!direct)
-    for (index_t b = 0; b < y.B; ++b)
-      for (index_t h = 0; h < y.H; ++h)
-        for (index_t w = 0; w < y.W; ++w)
-          for (index_t c = 0; c < y.C; ++c) out(b, h, w, c) = y.p[((b * y.H + h) * y.W + w) * y.C + c];
-}
-
-/// Checks a block's forward arguments: x [B, H, W, in] with H, W even when it downsamples, out
-/// [B, H', W', out]; every parameter loaded.
-template <class T>
-void check_block_views(const tensor_view<const T, 4>& x, const tensor_view<T, 4>& out, index_t in,
-                       index_t cout, bool down, const char* where) {
-  require_view(x, where, "x");
-  require(x.extent(3) == in && x.extent(1) >= 1 && x.extent(2) >= 1 &&
-              (!down || (x.extent(1) % 2 == 0 && x.extent(2) % 2 == 0)),
-          where, [&] {
-            return "x has shape " + shape_string(x.extents()) + ", expected [B, H, W, " + std::to_string(in) +
-                   "]" + (down ? " with H and W even (the block halves the grid)" : "");
-          });
-  const index_t oh = down ? x.extent(1) / 2 : x.extent(1), ow = down ? x.extent(2) / 2 : x.extent(2);
-  check_shape(out, std::array<index_t, 4>{x.extent(0), oh, ow, cout}, where, "out");
-  check_output(out, where, arg("x", x));
-}
-
-}  // namespace detail_net
-
 /// What both blocks share: the parameter list, the checked forward on any strides, the workspace.
 template <class T>
 class block_base {
@@ -358,14 +81,14 @@ class block_base {
     detail::check_threads(threads, where);
     ps_.require_loaded(where);
     if (out.empty()) return;
-    detail_net::forward_views(block, x, out, ws_, xin_, yout_, threads);
+    detail::forward_views(block, x, out, ws_, xin_, yout_, threads);
   }
 
   parameter_set<T> ps_;
   bool prepared_ = false;
 
  private:
-  detail_net::workspace<T> ws_;
+  detail::workspace<T> ws_;
   std::vector<T> xin_, yout_;
 };
 
@@ -389,7 +112,7 @@ class mbconv_block : public block_base<T> {
                     "expand_ratio, se_ratio and norm_eps must be > 0");
     detail::check_activation(cfg.act, where);
     detail::check_activation(cfg.se_act, where);
-    mid_ = detail_net::make_divisible(static_cast<double>(cfg.expand_output ? out : in) * cfg.expand_ratio);
+    mid_ = detail::make_divisible(static_cast<double>(cfg.expand_output ? out : in) * cfg.expand_ratio);
     rd_ = static_cast<std::int64_t>(cfg.se_ratio * static_cast<double>(cfg.expand_output ? out : mid_));
     detail::require(rd_ >= 1, where, "the squeeze-excitation width int(se_ratio * channels) must be >= 1");
     if (expand()) ps_.add_conv("shortcut.expand", out_, in_, 1, cfg.output_bias);
@@ -430,43 +153,41 @@ class mbconv_block : public block_base<T> {
   /// unloaded parameters. Same bits for any thread count.
   void forward(tensor_view<const T, 4> x, tensor_view<T, 4> out, int threads = 0) {
     constexpr const char* where = "attnkit::coatnet::mbconv_block::forward";
-    detail_net::check_block_views(x, out, in_, out_, down_, where);
+    detail::check_block_views(x, out, in_, out_, down_, where);
     this->checked_forward(*this, x, out, threads, where);
   }
 
   /// Internal: the forward pass on contiguous buffers (checked by the caller).
-  void run(const detail_net::act_t<T>& x, const detail_net::act_t<T>& y, detail_net::workspace<T>& ws,
-           int threads) {
-    using namespace detail_net;
-    using wk = workspace<T>;
+  void run(const detail::act_t<T>& x, const detail::act_t<T>& y, detail::workspace<T>& ws, int threads) {
+    using wk = detail::workspace<T>;
     if (!prepared_) prepare();
     const mbconv_config& cc = cfg_;
     const index_t B = x.B;
     const T* residual = x.p;
     if (down_) {
-      pooled_shortcut<Arch>(x, expand() ? &shortcut_ : nullptr, y, ws, wk::a, threads);
+      detail::pooled_shortcut<Arch>(x, expand() ? &shortcut_ : nullptr, y, ws, wk::a, threads);
       residual = y.p;
     }
-    act_t<T> t = ws.make(wk::a, B, x.H, x.W, in_);
-    scale_shift<Arch>(x.p, static_cast<const T*>(nullptr), pre_.scale, pre_.shift,
-                      cc.pre_norm_act ? cc.act : activation::none, t.p, B, x.pixels(), in_, threads);
+    detail::act_t<T> t = ws.make(wk::a, B, x.H, x.W, in_);
+    detail::scale_shift<Arch>(x.p, static_cast<const T*>(nullptr), pre_.scale, pre_.shift,
+                              cc.pre_norm_act ? cc.act : activation::none, t.p, B, x.pixels(), in_, threads);
     const bool pool_stride = down_ && cc.stride == stride_placement::pool;
     if (pool_stride) {
-      const act_t<T> p = ws.make(wk::b, B, x.H / 2, x.W / 2, in_);
+      const detail::act_t<T> p = ws.make(wk::b, B, x.H / 2, x.W / 2, in_);
       avg_pool_2x2<T>(t.cv(), p.v(), threads);
       t = p;
     }
-    const act_t<T> m1 = ws.make(wk::c, B, t.H, t.W, mid_);
-    conv<Arch>(t, conv1_, 1, 1, cc.act, m1, static_cast<const T*>(nullptr), threads);
-    const act_t<T> m2 = ws.make(wk::d, B, y.H, y.W, mid_);
+    const detail::act_t<T> m1 = ws.make(wk::c, B, t.H, t.W, mid_);
+    detail::conv<Arch>(t, conv1_, 1, 1, cc.act, m1, static_cast<const T*>(nullptr), threads);
+    const detail::act_t<T> m2 = ws.make(wk::d, B, y.H, y.W, mid_);
     depthwise_conv2d<Arch, T>(m1.cv(), dw_w_.cview(), dw_b_.cview(), m2.v(), down_ && !pool_stride ? 2 : 1, 1,
                               cc.se_early ? activation::none : cc.act, threads);
-    const std::vector<T> gate = detail_ops::se_gates<T>(m2.cv(), se_w1_.cview(), se_b1_.cview(),
-                                                        se_w2_.cview(), se_b2_.cview(), cc.se_act, threads);
+    const std::vector<T> gate = detail::se_gates<T>(m2.cv(), se_w1_.cview(), se_b1_.cview(), se_w2_.cview(),
+                                                    se_b2_.cview(), cc.se_act, threads);
     // SE before norm2: act(norm2(x * gate)); after it (norm2 folded into the depthwise conv): x * gate
-    scale_shift<Arch>(m2.p, gate.data(), norm2_.scale, norm2_.shift, cc.se_early ? cc.act : activation::none,
-                      m2.p, B, m2.pixels(), mid_, threads);
-    conv<Arch>(m2, conv3_, 1, 1, activation::none, y, residual, threads);
+    detail::scale_shift<Arch>(m2.p, gate.data(), norm2_.scale, norm2_.shift,
+                              cc.se_early ? cc.act : activation::none, m2.p, B, m2.pixels(), mid_, threads);
+    detail::conv<Arch>(m2, conv3_, 1, 1, activation::none, y, residual, threads);
   }
 
  private:
@@ -478,15 +199,14 @@ class mbconv_block : public block_base<T> {
   }
 
   void prepare() {
-    using namespace detail_net;
     const double eps = cfg_.norm_eps;
-    if (expand()) shortcut_ = pack_plain<Arch>(ps_, "shortcut.expand");
-    pre_ = batch_norm_affine(ps_, "pre_norm", eps);
-    conv1_ = pack_folded<Arch>(ps_, "conv1_1x1", "norm1", eps);
+    if (expand()) shortcut_ = detail::pack_plain<Arch>(ps_, "shortcut.expand");
+    pre_ = detail::batch_norm_affine(ps_, "pre_norm", eps);
+    conv1_ = detail::pack_folded<Arch>(ps_, "conv1_1x1", "norm1", eps);
     if (cfg_.se_early) {
       dw_w_ = ps_.template copy<4>("conv2_kxk.weight");
       dw_b_ = tensor<T, 1>();
-      norm2_ = batch_norm_affine(ps_, "norm2", eps);
+      norm2_ = detail::batch_norm_affine(ps_, "norm2", eps);
     } else {
       folded_conv<T> f = fold_batch_norm<T>(
           ps_.template view<4>("conv2_kxk.weight"), tensor_view<const T, 1>{},
@@ -494,15 +214,15 @@ class mbconv_block : public block_base<T> {
           ps_.template view<1>("norm2.running_mean"), ps_.template view<1>("norm2.running_var"), eps);
       dw_w_ = std::move(f.weight);
       dw_b_ = std::move(f.bias);
-      norm2_ = affine<T>{std::vector<T>(static_cast<std::size_t>(mid_), T(1)),
-                         std::vector<T>(static_cast<std::size_t>(mid_), T(0))};
+      norm2_ = detail::affine<T>{std::vector<T>(static_cast<std::size_t>(mid_), T(1)),
+                                 std::vector<T>(static_cast<std::size_t>(mid_), T(0))};
     }
     const std::string se = cfg_.se_early ? "se_early" : "se";
     se_w1_ = ps_.template copy<4>(se + ".fc1.weight");
     se_b1_ = ps_.template copy<1>(se + ".fc1.bias");
     se_w2_ = ps_.template copy<4>(se + ".fc2.weight");
     se_b2_ = ps_.template copy<1>(se + ".fc2.bias");
-    conv3_ = pack_plain<Arch>(ps_, "conv3_1x1");
+    conv3_ = detail::pack_plain<Arch>(ps_, "conv3_1x1");
     prepared_ = true;
   }
 
@@ -510,7 +230,7 @@ class mbconv_block : public block_base<T> {
   std::int64_t in_, out_, mid_ = 0, rd_ = 0;
   bool down_;
   detail::packed_weights<T> shortcut_, conv1_, conv3_;
-  detail_net::affine<T> pre_, norm2_;
+  detail::affine<T> pre_, norm2_;
   tensor<T, 4> dw_w_, se_w1_, se_w2_;
   tensor<T, 1> dw_b_, se_b1_, se_b2_;
 };
@@ -590,7 +310,7 @@ class transformer_block : public block_base<T> {
   /// unloaded parameters. Same bits for any thread count.
   void forward(tensor_view<const T, 4> x, tensor_view<T, 4> out, int threads = 0) {
     constexpr const char* where = "attnkit::coatnet::transformer_block::forward";
-    detail_net::check_block_views(x, out, in_, out_, down_, where);
+    detail::check_block_views(x, out, in_, out_, down_, where);
     detail::require(x.extent(1) == rows_ && x.extent(2) == cols_, where, [&] {
       return "x has shape " + detail::shape_string(x.extents()) + ": the block's grid is " +
              std::to_string(rows_) + " x " + std::to_string(cols_) +
@@ -600,26 +320,24 @@ class transformer_block : public block_base<T> {
   }
 
   /// Internal: the forward pass on contiguous buffers (checked by the caller).
-  void run(const detail_net::act_t<T>& x, const detail_net::act_t<T>& y, detail_net::workspace<T>& ws,
-           int threads) {
-    using namespace detail_net;
-    using wk = workspace<T>;
+  void run(const detail::act_t<T>& x, const detail::act_t<T>& y, detail::workspace<T>& ws, int threads) {
+    using wk = detail::workspace<T>;
     if (!prepared_) prepare();
     const index_t B = x.B;
     const T* residual = x.p;
-    act_t<T> a = ws.make(wk::a, B, x.H, x.W, in_);
+    detail::act_t<T> a = ws.make(wk::a, B, x.H, x.W, in_);
     layer_norm<T>(x.cv(), vec(ln1_g_), vec(ln1_b_), a.v(), cfg_.norm_eps, threads);
     if (down_) {
-      pooled_shortcut<Arch>(x, expand() ? &shortcut_ : nullptr, y, ws, wk::b, threads);
+      detail::pooled_shortcut<Arch>(x, expand() ? &shortcut_ : nullptr, y, ws, wk::b, threads);
       residual = y.p;
-      const act_t<T> p = ws.make(wk::b, B, x.H / 2, x.W / 2, in_);
+      const detail::act_t<T> p = ws.make(wk::b, B, x.H / 2, x.W / 2, in_);
       avg_pool_2x2<T>(a.cv(), p.v(), threads);
       a = p;
     }
     const index_t L = y.pixels(), A = width_, dh = cfg_.dim_head;
-    const act_t<T> qkv = ws.make(wk::c, B, y.H, y.W, 3 * A);
-    conv<Arch>(a, qkv_, 1, 1, activation::none, qkv, static_cast<const T*>(nullptr), threads);
-    const act_t<T> ao = ws.make(wk::d, B, y.H, y.W, A);
+    const detail::act_t<T> qkv = ws.make(wk::c, B, y.H, y.W, 3 * A);
+    detail::conv<Arch>(a, qkv_, 1, 1, activation::none, qkv, static_cast<const T*>(nullptr), threads);
+    const detail::act_t<T> ao = ws.make(wk::d, B, y.H, y.W, A);
     // timm's head-first channels: head h's q, k, v at h 3 dh + [0, dh), [dh, 2 dh), [2 dh, 3 dh)
     const std::array<index_t, 4> e{B, heads_, L, dh}, s{L * 3 * A, 3 * dh, 3 * A, 1};
     relative_options ro;
@@ -629,12 +347,12 @@ class transformer_block : public block_base<T> {
         tensor_view<const T, 4>(qkv.p, e, s), tensor_view<const T, 4>(qkv.p + dh, e, s),
         tensor_view<const T, 4>(qkv.p + 2 * dh, e, s), table_.cview(), relative_grid{y.H, y.W},
         tensor_view<T, 4>(ao.p, e, {L * A, dh, A, 1}), ro);
-    conv<Arch>(ao, proj_, 1, 1, activation::none, y, residual, threads);
-    const act_t<T> n = ws.make(wk::a, B, y.H, y.W, out_);
+    detail::conv<Arch>(ao, proj_, 1, 1, activation::none, y, residual, threads);
+    const detail::act_t<T> n = ws.make(wk::a, B, y.H, y.W, out_);
     layer_norm<T>(y.cv(), vec(ln2_g_), vec(ln2_b_), n.v(), cfg_.norm_eps, threads);
-    const act_t<T> h = ws.make(wk::c, B, y.H, y.W, hidden_);
-    conv<Arch>(n, fc1_, 1, 1, cfg_.act, h, static_cast<const T*>(nullptr), threads);
-    conv<Arch>(h, fc2_, 1, 1, activation::none, y, y.p, threads);
+    const detail::act_t<T> h = ws.make(wk::c, B, y.H, y.W, hidden_);
+    detail::conv<Arch>(n, fc1_, 1, 1, cfg_.act, h, static_cast<const T*>(nullptr), threads);
+    detail::conv<Arch>(h, fc2_, 1, 1, activation::none, y, y.p, threads);
   }
 
  private:
@@ -644,17 +362,16 @@ class transformer_block : public block_base<T> {
   }
 
   void prepare() {
-    using namespace detail_net;
-    if (expand()) shortcut_ = pack_plain<Arch>(ps_, "shortcut.expand");
+    if (expand()) shortcut_ = detail::pack_plain<Arch>(ps_, "shortcut.expand");
     const std::string n1 = down_ ? "norm1.norm" : "norm1";
     ln1_g_ = ps_.data(n1 + ".weight");
     ln1_b_ = ps_.data(n1 + ".bias");
     ln2_g_ = ps_.data("norm2.weight");
     ln2_b_ = ps_.data("norm2.bias");
-    qkv_ = pack_plain<Arch>(ps_, "attn.qkv");
-    proj_ = pack_plain<Arch>(ps_, "attn.proj");
-    fc1_ = pack_plain<Arch>(ps_, "mlp.fc1");
-    fc2_ = pack_plain<Arch>(ps_, "mlp.fc2");
+    qkv_ = detail::pack_plain<Arch>(ps_, "attn.qkv");
+    proj_ = detail::pack_plain<Arch>(ps_, "attn.proj");
+    fc1_ = detail::pack_plain<Arch>(ps_, "mlp.fc1");
+    fc2_ = detail::pack_plain<Arch>(ps_, "mlp.fc2");
     // timm's table [(2h - 1) (2w - 1), heads] -> [heads, 2h - 1, 2w - 1]
     const index_t th = 2 * grid_rows() - 1, tw = 2 * grid_cols() - 1;
     const std::vector<T>& t = ps_.data("attn.rel_pos.relative_position_bias_table");

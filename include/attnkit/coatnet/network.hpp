@@ -214,8 +214,8 @@ class network {
 
  private:
   using packed = detail::packed_weights<T>;
-  using act = detail_net::act_t<T>;
-  using wk = detail_net::workspace<T>;
+  using act = detail::act_t<T>;
+  using wk = detail::workspace<T>;
 
   struct stage_block {
     block_type type;
@@ -306,15 +306,14 @@ class network {
   }
 
   packed pack_linear(const std::string& p) const {
-    return detail_ops::pack_linear<Arch, T>(head_.template view<2>(p + ".weight"),
-                                            head_.optional(p + ".bias"));
+    return detail::pack_linear<Arch, T>(head_.template view<2>(p + ".weight"), head_.optional(p + ".bias"));
   }
 
   /// Folds the stem's batch norm and packs the stem's and head's weights (the blocks pack their
   /// own on their first run).
   void prepare() {
-    stem1_ = detail_net::pack_folded<Arch>(stem_, "stem.conv1", "stem.norm1", cfg_.conv.norm_eps);
-    stem2_ = detail_net::pack_plain<Arch>(stem_, "stem.conv2");
+    stem1_ = detail::pack_folded<Arch>(stem_, "stem.conv1", "stem.norm1", cfg_.conv.norm_eps);
+    stem2_ = detail::pack_plain<Arch>(stem_, "stem.conv2");
     const std::string norm = cfg_.head_hidden > 0 ? "head.norm" : "norm";
     head_norm_g_ = head_.data(norm + ".weight");
     head_norm_b_ = head_.data(norm + ".bias");
@@ -335,9 +334,9 @@ class network {
     const index_t B = images.extent(0);
     const index_t H = cfg_.image_rows / 2, W = cfg_.image_cols / 2;
     const act s1 = ws_.make(wk::a, B, H, W, cfg_.stem_width[0]);
-    detail_ops::conv2d_packed<Arch, T>(images, stem1_, 3, 3, 2, 1, cfg_.conv.act, s1.v(), nullptr, threads);
+    detail::conv2d_packed<Arch, T>(images, stem1_, 3, 3, 2, 1, cfg_.conv.act, s1.v(), nullptr, threads);
     act x = ws_.make(wk::x0, B, H, W, cfg_.stem_width[1]);
-    detail_net::conv<Arch>(s1, stem2_, 3, 1, activation::none, x, static_cast<const T*>(nullptr), threads);
+    detail::conv<Arch>(s1, stem2_, 3, 1, activation::none, x, static_cast<const T*>(nullptr), threads);
     tap(taps, x);
     int cur = wk::x0;
     for (const stage_block& b : blocks_) {
@@ -364,16 +363,15 @@ class network {
       global_avg_pool<T>(x.cv(), tensor_view<T, 2>::contiguous(pooled.p, {B, C}), threads);
       layer_norm<T>(pooled.cv(), g, bt, pooled.v(), cfg_.transformer.norm_eps, threads);
       const act hid = ws_.make(wk::b, B, 1, 1, cfg_.head_hidden);
-      detail_net::conv<Arch>(pooled, head_hidden_, 1, 1, activation::tanh, hid,
-                             static_cast<const T*>(nullptr), threads);
-      detail_net::conv<Arch>(hid, head_fc_, 1, 1, activation::none, out, static_cast<const T*>(nullptr),
-                             threads);
+      detail::conv<Arch>(pooled, head_hidden_, 1, 1, activation::tanh, hid, static_cast<const T*>(nullptr),
+                         threads);
+      detail::conv<Arch>(hid, head_fc_, 1, 1, activation::none, out, static_cast<const T*>(nullptr), threads);
     } else {
       layer_norm<T>(x.cv(), g, bt, x.v(), cfg_.transformer.norm_eps, threads);
       tap(taps, x);
       global_avg_pool<T>(x.cv(), tensor_view<T, 2>::contiguous(pooled.p, {B, C}), threads);
-      detail_net::conv<Arch>(pooled, head_fc_, 1, 1, activation::none, out, static_cast<const T*>(nullptr),
-                             threads);
+      detail::conv<Arch>(pooled, head_fc_, 1, 1, activation::none, out, static_cast<const T*>(nullptr),
+                         threads);
     }
     for (index_t b = 0; b < B; ++b)
       for (index_t c = 0; c < cfg_.num_classes; ++c) logits(b, c) = out.p[b * cfg_.num_classes + c];

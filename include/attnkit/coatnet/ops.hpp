@@ -57,8 +57,9 @@ folded_conv<T> fold_batch_norm(tensor_view<const T, 4> weight, tensor_view<const
   return f;
 }
 
-namespace detail_ops {
-using namespace attnkit::detail;
+}  // namespace coatnet
+
+namespace detail {
 
 inline index_t conv_extent(index_t in, index_t k, int stride, int padding) {
   const index_t span = in + 2 * padding - k;
@@ -130,8 +131,8 @@ bool uniform_pixels(const tensor_view<const T, 4>& x) {
 /// [B, OH, OW, Cout] buffer added after the activation (it may be out's own memory).
 template <class Arch, class T>
 void conv2d_packed(const tensor_view<const T, 4>& x, const packed_weights<T>& pw, index_t kh, index_t kw,
-                   int stride, int padding, activation act, const tensor_view<T, 4>& out, const T* residual,
-                   int threads) {
+                   int stride, int padding, coatnet::activation act, const tensor_view<T, 4>& out,
+                   const T* residual, int threads) {
   if (out.empty()) return;
   const index_t cin = x.extent(3), K = pw.k, cout = pw.n;
   const index_t B = x.extent(0), H = x.extent(1), Wd = x.extent(2);
@@ -197,7 +198,7 @@ void conv2d_packed(const tensor_view<const T, 4>& x, const packed_weights<T>& pw
 template <class T>
 std::vector<T> se_gates(const tensor_view<const T, 4>& x, const tensor_view<const T, 4>& w_reduce,
                         const tensor_view<const T, 1>& b_reduce, const tensor_view<const T, 4>& w_expand,
-                        const tensor_view<const T, 1>& b_expand, activation act, int threads) {
+                        const tensor_view<const T, 1>& b_expand, coatnet::activation act, int threads) {
   const index_t B = x.extent(0), H = x.extent(1), Wd = x.extent(2), C = x.extent(3), R = w_reduce.extent(0);
   std::vector<T> gate(static_cast<std::size_t>(B * C));
   parallel_for(B, resolve_threads(threads, B), [&](index_t b, int) {
@@ -225,7 +226,9 @@ std::vector<T> se_gates(const tensor_view<const T, 4>& x, const tensor_view<cons
   return gate;
 }
 
-}  // namespace detail_ops
+}  // namespace detail
+
+namespace coatnet {
 
 /// Dense 2D convolution (groups = 1): out[b, oy, ox, o] = act(bias[o] + sum_{i, ky, kx}
 /// weight[o, i, ky, kx] x[b, oy stride + ky - padding, ox stride + kx - padding, i]), zero padding.
@@ -237,15 +240,14 @@ void conv2d(tensor_view<const detail::identity_t<T>, 4> x, tensor_view<const det
             tensor_view<const detail::identity_t<T>, 1> bias, tensor_view<T, 4> out, int stride, int padding,
             activation act = activation::none, int threads = 0) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "conv2d: float or double");
-  using namespace detail_ops;
   constexpr const char* where = "attnkit::coatnet::conv2d";
   const index_t cin = x.extent(3), cout = weight.extent(0);
-  check_conv(x, weight, bias, out, stride, padding, cin, cout, where);
-  check_activation(act, where);
-  check_threads(threads, where);
+  detail::check_conv(x, weight, bias, out, stride, padding, cin, cout, where);
+  detail::check_activation(act, where);
+  detail::check_threads(threads, where);
   if (out.empty()) return;
-  conv2d_packed<Arch, T>(x, pack_conv<Arch, T>(weight, bias), weight.extent(2), weight.extent(3), stride,
-                         padding, act, out, nullptr, threads);
+  detail::conv2d_packed<Arch, T>(x, detail::pack_conv<Arch, T>(weight, bias), weight.extent(2),
+                                 weight.extent(3), stride, padding, act, out, nullptr, threads);
 }
 
 /// Depthwise 2D convolution (groups = C): out[b, oy, ox, c] = act(bias[c] + sum_{ky, kx}
@@ -258,12 +260,11 @@ void depthwise_conv2d(tensor_view<const detail::identity_t<T>, 4> x,
                       tensor_view<const detail::identity_t<T>, 1> bias, tensor_view<T, 4> out, int stride,
                       int padding, activation act = activation::none, int threads = 0) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "depthwise_conv2d: float or double");
-  using namespace detail_ops;
   constexpr const char* where = "attnkit::coatnet::depthwise_conv2d";
   const index_t C = x.extent(3);
-  check_conv(x, weight, bias, out, stride, padding, 1, C, where);
-  check_activation(act, where);
-  check_threads(threads, where);
+  detail::check_conv(x, weight, bias, out, stride, padding, 1, C, where);
+  detail::check_activation(act, where);
+  detail::check_threads(threads, where);
   if (out.empty()) return;
   using Bt = simd::batch<T, Arch>;
   constexpr index_t W = Bt::size;
@@ -312,7 +313,7 @@ void depthwise_conv2d(tensor_view<const detail::identity_t<T>, 4> x,
     }
     for (index_t ox = 0; ox < OW; ++ox) {
       T* r = s.row.data() + ox * CP;
-      activate_row<Arch>(act, r, C);
+      detail::activate_row<Arch>(act, r, C);
       T* o = out.ptr(b, oy, ox, 0);
       const index_t os = out.stride(3);
       for (index_t c = 0; c < C; ++c) o[c * os] = r[c];
@@ -328,25 +329,25 @@ void linear(tensor_view<const detail::identity_t<T>, 2> x, tensor_view<const det
             tensor_view<const detail::identity_t<T>, 1> bias, tensor_view<T, 2> out,
             activation act = activation::none, int threads = 0) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "linear: float or double");
-  using namespace detail_ops;
   constexpr const char* where = "attnkit::coatnet::linear";
-  require_view(x, where, "x");
+  detail::require_view(x, where, "x");
   const index_t n = x.extent(0), in = x.extent(1), no = weight.extent(0);
-  check_shape(weight, std::array<index_t, 2>{no, in}, where, "weight");
-  check_bias(bias, no, where);
-  check_shape(out, std::array<index_t, 2>{n, no}, where, "out");
-  check_output(out, where, arg("x", x), arg("weight", weight), arg("bias", bias));
-  check_activation(act, where);
-  check_threads(threads, where);
+  detail::check_shape(weight, std::array<index_t, 2>{no, in}, where, "weight");
+  detail::check_bias(bias, no, where);
+  detail::check_shape(out, std::array<index_t, 2>{n, no}, where, "out");
+  detail::check_output(out, where, detail::arg("x", x), detail::arg("weight", weight),
+                       detail::arg("bias", bias));
+  detail::check_activation(act, where);
+  detail::check_threads(threads, where);
   if (out.empty()) return;
-  const packed_weights<T> pw = pack_linear<Arch, T>(weight, bias);
+  const detail::packed_weights<T> pw = detail::pack_linear<Arch, T>(weight, bias);
   constexpr index_t chunk = 64;
   const index_t ntasks = (n + chunk - 1) / chunk;
   const int nt = resolve_threads(threads, ntasks);
   std::vector<std::vector<T>> ws(static_cast<std::size_t>(nt));
   parallel_for(ntasks, nt, [&](index_t task, int t) {
     const index_t r0 = task * chunk, rows = std::min(chunk, n - r0);
-    packed_product<Arch>(
+    detail::packed_product<Arch>(
         rows, x.ptr(r0, 0), x.stride(0), x.stride(1), pw, act, ws[static_cast<std::size_t>(t)],
         [&](index_t r) { return out.ptr(r0 + r, 0); }, out.stride(1));
   });
@@ -357,13 +358,12 @@ template <class Arch = simd::native, class T>
 void activate(tensor_view<const detail::identity_t<T>, 4> x, tensor_view<T, 4> out, activation act,
               int threads = 0) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "activate: float or double");
-  using namespace detail_ops;
   constexpr const char* where = "attnkit::coatnet::activate";
-  require_view(x, where, "x");
-  check_shape(out, x.extents(), where, "out");
-  check_output(out, where, arg("x", unless_in_place(x, out)));
-  check_activation(act, where);
-  check_threads(threads, where);
+  detail::require_view(x, where, "x");
+  detail::check_shape(out, x.extents(), where, "out");
+  detail::check_output(out, where, detail::arg("x", detail::unless_in_place(x, out)));
+  detail::check_activation(act, where);
+  detail::check_threads(threads, where);
   if (out.empty()) return;
   const index_t B = x.extent(0), H = x.extent(1), Wd = x.extent(2), C = x.extent(3);
   const int nt = resolve_threads(threads, B * H);
@@ -374,7 +374,7 @@ void activate(tensor_view<const detail::identity_t<T>, 4> x, tensor_view<T, 4> o
     const index_t b = task / H, h = task % H;
     for (index_t w = 0; w < Wd; ++w)
       for (index_t c = 0; c < C; ++c) row[static_cast<std::size_t>(w * C + c)] = x(b, h, w, c);
-    activate_row<Arch>(act, row.data(), Wd * C);
+    detail::activate_row<Arch>(act, row.data(), Wd * C);
     for (index_t w = 0; w < Wd; ++w)
       for (index_t c = 0; c < C; ++c) out(b, h, w, c) = row[static_cast<std::size_t>(w * C + c)];
   });
@@ -384,14 +384,14 @@ void activate(tensor_view<const detail::identity_t<T>, 4> x, tensor_view<T, 4> o
 /// raster order. x [B, H, W, C] with H W >= 1, out [B, C].
 template <class T>
 void global_avg_pool(tensor_view<const detail::identity_t<T>, 4> x, tensor_view<T, 2> out, int threads = 0) {
-  using namespace detail_ops;
   constexpr const char* where = "attnkit::coatnet::global_avg_pool";
-  require_view(x, where, "x");
-  require(x.extent(1) >= 1 && x.extent(2) >= 1, where,
-          [&] { return "x has shape " + shape_string(x.extents()) + ", expected H, W >= 1"; });
-  check_shape(out, std::array<index_t, 2>{x.extent(0), x.extent(3)}, where, "out");
-  check_output(out, where, arg("x", x));
-  check_threads(threads, where);
+  detail::require_view(x, where, "x");
+  detail::require(x.extent(1) >= 1 && x.extent(2) >= 1, where, [&] {
+    return "x has shape " + detail::shape_string(x.extents()) + ", expected H, W >= 1";
+  });
+  detail::check_shape(out, std::array<index_t, 2>{x.extent(0), x.extent(3)}, where, "out");
+  detail::check_output(out, where, detail::arg("x", x));
+  detail::check_threads(threads, where);
   const index_t H = x.extent(1), Wd = x.extent(2), C = x.extent(3);
   parallel_for(x.extent(0), resolve_threads(threads, x.extent(0)), [&](index_t b, int) {
     std::vector<double> s(static_cast<std::size_t>(C), 0.0);
@@ -420,24 +420,25 @@ void squeeze_excitation(tensor_view<const detail::identity_t<T>, 4> x,
                         tensor_view<const detail::identity_t<T>, 1> b_expand, tensor_view<T, 4> out,
                         activation act = activation::relu, int threads = 0) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "squeeze_excitation: float or double");
-  using namespace detail_ops;
   constexpr const char* where = "attnkit::coatnet::squeeze_excitation";
-  require_view(x, where, "x");
-  require(x.extent(1) >= 1 && x.extent(2) >= 1, where,
-          [&] { return "x has shape " + shape_string(x.extents()) + ", expected H, W >= 1"; });
+  detail::require_view(x, where, "x");
+  detail::require(x.extent(1) >= 1 && x.extent(2) >= 1, where, [&] {
+    return "x has shape " + detail::shape_string(x.extents()) + ", expected H, W >= 1";
+  });
   const index_t B = x.extent(0), H = x.extent(1), Wd = x.extent(2), C = x.extent(3), R = w_reduce.extent(0);
-  check_shape(w_reduce, std::array<index_t, 4>{R, C, 1, 1}, where, "w_reduce");
-  check_shape(b_reduce, std::array<index_t, 1>{R}, where, "b_reduce");
-  check_shape(w_expand, std::array<index_t, 4>{C, R, 1, 1}, where, "w_expand");
-  check_shape(b_expand, std::array<index_t, 1>{C}, where, "b_expand");
-  check_shape(out, x.extents(), where, "out");
-  check_output(out, where, arg("x", unless_in_place(x, out)), arg("w_reduce", w_reduce),
-               arg("b_reduce", b_reduce), arg("w_expand", w_expand), arg("b_expand", b_expand));
-  check_activation(act, where);
-  check_threads(threads, where);
+  detail::check_shape(w_reduce, std::array<index_t, 4>{R, C, 1, 1}, where, "w_reduce");
+  detail::check_shape(b_reduce, std::array<index_t, 1>{R}, where, "b_reduce");
+  detail::check_shape(w_expand, std::array<index_t, 4>{C, R, 1, 1}, where, "w_expand");
+  detail::check_shape(b_expand, std::array<index_t, 1>{C}, where, "b_expand");
+  detail::check_shape(out, x.extents(), where, "out");
+  detail::check_output(out, where, detail::arg("x", detail::unless_in_place(x, out)),
+                       detail::arg("w_reduce", w_reduce), detail::arg("b_reduce", b_reduce),
+                       detail::arg("w_expand", w_expand), detail::arg("b_expand", b_expand));
+  detail::check_activation(act, where);
+  detail::check_threads(threads, where);
   if (out.empty()) return;
   // every gate first (out may be x), then the scaling
-  const std::vector<T> gate = se_gates(x, w_reduce, b_reduce, w_expand, b_expand, act, threads);
+  const std::vector<T> gate = detail::se_gates(x, w_reduce, b_reduce, w_expand, b_expand, act, threads);
   parallel_for(B * H, resolve_threads(threads, B * H), [&](index_t task, int) {
     const index_t b = task / H, h = task % H;
     const T* g = gate.data() + b * C;
@@ -459,16 +460,16 @@ void layer_norm(tensor_view<const detail::identity_t<T>, 4> x,
                 tensor_view<const detail::identity_t<T>, 1> beta, tensor_view<T, 4> out, double eps = 1e-5,
                 int threads = 0) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "layer_norm: float or double");
-  using namespace detail_ops;
   constexpr const char* where = "attnkit::coatnet::layer_norm";
-  require_view(x, where, "x");
+  detail::require_view(x, where, "x");
   const index_t B = x.extent(0), H = x.extent(1), Wd = x.extent(2), C = x.extent(3);
-  check_shape(gamma, std::array<index_t, 1>{C}, where, "gamma");
-  check_shape(beta, std::array<index_t, 1>{C}, where, "beta");
-  check_shape(out, x.extents(), where, "out");
-  check_output(out, where, arg("x", unless_in_place(x, out)), arg("gamma", gamma), arg("beta", beta));
-  require(eps > 0 || (eps == 0 && C > 0), where, "eps must be > 0");
-  check_threads(threads, where);
+  detail::check_shape(gamma, std::array<index_t, 1>{C}, where, "gamma");
+  detail::check_shape(beta, std::array<index_t, 1>{C}, where, "beta");
+  detail::check_shape(out, x.extents(), where, "out");
+  detail::check_output(out, where, detail::arg("x", detail::unless_in_place(x, out)),
+                       detail::arg("gamma", gamma), detail::arg("beta", beta));
+  detail::require(eps > 0 || (eps == 0 && C > 0), where, "eps must be > 0");
+  detail::check_threads(threads, where);
   if (out.empty()) return;
   parallel_for(B * H, resolve_threads(threads, B * H), [&](index_t task, int) {
     const index_t b = task / H, h = task % H;
@@ -499,13 +500,12 @@ void layer_norm(tensor_view<const detail::identity_t<T>, 4> x,
 template <class T>
 void avg_pool_2x2(tensor_view<const detail::identity_t<T>, 4> x, tensor_view<T, 4> out, int threads = 0) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "avg_pool_2x2: float or double");
-  using namespace detail_ops;
   constexpr const char* where = "attnkit::coatnet::avg_pool_2x2";
-  require_view(x, where, "x");
+  detail::require_view(x, where, "x");
   const index_t B = x.extent(0), OH = x.extent(1) / 2, OW = x.extent(2) / 2, C = x.extent(3);
-  check_shape(out, std::array<index_t, 4>{B, OH, OW, C}, where, "out");
-  check_output(out, where, arg("x", x));
-  check_threads(threads, where);
+  detail::check_shape(out, std::array<index_t, 4>{B, OH, OW, C}, where, "out");
+  detail::check_output(out, where, detail::arg("x", x));
+  detail::check_threads(threads, where);
   if (out.empty()) return;
   parallel_for(B * OH, resolve_threads(threads, B * OH), [&](index_t task, int) {
     const index_t b = task / OH, i = task % OH, xs = x.stride(3), os = out.stride(3);
