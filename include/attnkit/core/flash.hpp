@@ -178,16 +178,19 @@ struct value_source {
 /// key is hidden from a column) when hook_active;
 /// keys at or past a column's kend are hidden from it and never reach its output (not even NaN);
 /// O^T = O^T alpha + V_blk^T P^T for every value source.
-/// NA of the tiling's NV column registers are active (cb.ncols <= NA * W == cb.ld, the column
-/// stride of qt, st and ot).
-template <class Arch, int NA, class T, class Hook>
-void flash_step_cols(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, const T* kp, index_t sk_j,
-                     index_t sk_d, const value_source<T>* vs, int nvs, bool hook_active, Hook&& hook) {
+/// The column stride of qt, st and ot is LDV registers (cb.ld == LDV * W); the NA registers from
+/// v0 are active (the columns [v0 W, (v0 + NA) W)): the others are left as they are, which is
+/// what the step would give them when they see none of its keys (alpha 1, nothing added).
+template <class Arch, int NA, int LDV, class T, class Hook>
+void flash_step_cols(flash_columns<T>& cb, index_t v0, index_t dk, index_t j0, index_t nk, const T* kp,
+                     index_t sk_j, index_t sk_d, const value_source<T>* vs, int nvs, bool hook_active,
+                     Hook&& hook) {
   using B = simd::batch<T, Arch>;
   using tiling = flash_tiling<T, Arch>;
   constexpr int W = B::size, NV = tiling::NV, MR = tiling::MR;
-  constexpr index_t Br = NA * W;  // the column stride: cb.ld
-  static_assert(NA <= NV, "flash_step: at most NV registers");
+  constexpr index_t LD = LDV * W;  // the column stride: cb.ld
+  static_assert(NA <= LDV && LDV <= NV, "flash_step: at most the stride's registers");
+  const index_t off0 = v0 * W;
   const bool masked = j0 + nk > cb.kmin;  // some column does not see every key of this block
   // The new running max can come out of the product's epilogue only when every logit of the
   // block is final and visible; otherwise a hidden key's logit must not move the shift.
@@ -195,55 +198,55 @@ void flash_step_cols(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, c
   T* st = cb.st.data();
   T* kend = cb.kend.data();
   T* mnew = cb.mnew.data();
-  std::copy(cb.m.data(), cb.m.data() + Br, mnew);
+  std::copy(cb.m.data() + off0, cb.m.data() + off0 + NA * W, mnew + off0);
   tile_args<T> g1;
   g1.saturate = logit_bound<T>;
-  if (fused_max) g1.col_max = mnew;
+  if (fused_max) g1.col_max = mnew + off0;
   // S^T = K_blk * Q^T
-  block_product<B, MR, NA, false, false, a_layout::unit_col>(nk, dk, kp, sk_j, sk_d, cb.qt.data(), Br, st, Br,
-                                                             g1);
+  block_product<B, MR, NA, false, false, a_layout::unit_col>(nk, dk, kp, sk_j, sk_d, cb.qt.data() + off0, LD,
+                                                             st + off0, LD, g1);
   if (hook_active) hook(st);
   if (masked) {
     const B ninf = B::broadcast(-std::numeric_limits<T>::infinity());
     for (index_t jj = 0; jj < nk; ++jj) {
       const B j = B::broadcast(static_cast<T>(j0 + jj));
       for (int cv = 0; cv < NA; ++cv) {
-        T* sp = st + jj * Br + cv * W;
-        select(B::load(kend + cv * W) <= j, ninf, B::load(sp)).store(sp);  // invisible: key_end <= j
+        T* sp = st + jj * LD + off0 + cv * W;
+        select(B::load(kend + off0 + cv * W) <= j, ninf, B::load(sp)).store(sp);  // invisible: key_end <= j
       }
     }
   }
   // Online softmax, one column batch at a time.
   for (int cv = 0; cv < NA; ++cv) {
-    const index_t off = cv * W;
+    const index_t off = off0 + cv * W;
     const B m_old = B::load(cb.m.data() + off);
     B mx = B::load(mnew + off);
     if (!fused_max) {
       B m1 = mx, m2 = mx, m3 = mx;  // independent chains hide the latency of max
       index_t jj = 0;
       for (; jj + 4 <= nk; jj += 4) {
-        mx = max(mx, B::load(st + jj * Br + off));
-        m1 = max(m1, B::load(st + (jj + 1) * Br + off));
-        m2 = max(m2, B::load(st + (jj + 2) * Br + off));
-        m3 = max(m3, B::load(st + (jj + 3) * Br + off));
+        mx = max(mx, B::load(st + jj * LD + off));
+        m1 = max(m1, B::load(st + (jj + 1) * LD + off));
+        m2 = max(m2, B::load(st + (jj + 2) * LD + off));
+        m3 = max(m3, B::load(st + (jj + 3) * LD + off));
       }
-      for (; jj < nk; ++jj) mx = max(mx, B::load(st + jj * Br + off));
+      for (; jj < nk; ++jj) mx = max(mx, B::load(st + jj * LD + off));
       mx = max(max(mx, m1), max(m2, m3));
     }
     const B sh = online_softmax_batch<B>::shift(mx);
     B sum0 = B::zero(), sum1 = B::zero();
     index_t jj = 0;
     for (; jj + 2 <= nk; jj += 2) {
-      const B p0 = exp2_nonpositive(B::load(st + jj * Br + off) - sh);
-      const B p1 = exp2_nonpositive(B::load(st + (jj + 1) * Br + off) - sh);
-      p0.store(st + jj * Br + off);
-      p1.store(st + (jj + 1) * Br + off);
+      const B p0 = exp2_nonpositive(B::load(st + jj * LD + off) - sh);
+      const B p1 = exp2_nonpositive(B::load(st + (jj + 1) * LD + off) - sh);
+      p0.store(st + jj * LD + off);
+      p1.store(st + (jj + 1) * LD + off);
       sum0 = sum0 + p0;
       sum1 = sum1 + p1;
     }
     if (jj < nk) {
-      const B p0 = exp2_nonpositive(B::load(st + jj * Br + off) - sh);
-      p0.store(st + jj * Br + off);
+      const B p0 = exp2_nonpositive(B::load(st + jj * LD + off) - sh);
+      p0.store(st + jj * LD + off);
       sum0 = sum0 + p0;
     }
     const B alpha = exp2_nonpositive(m_old - sh);
@@ -253,21 +256,21 @@ void flash_step_cols(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, c
   }
   // O^T = O^T * alpha + V_blk^T * P^T (the first step: O^T = V_blk^T * P^T)
   tile_args<T> args;
-  args.col_scale = cb.alpha.data();
+  args.col_scale = cb.alpha.data() + off0;
   const bool fresh = cb.fresh;
   cb.fresh = false;
   using yes = std::true_type;
   using no = std::false_type;
   auto product = [&](auto accumulate, auto masked_keys, const value_source<T>& v, T* ot) {
     block_product<B, MR, NA, decltype(accumulate)::value, decltype(masked_keys)::value, a_layout::unit_row>(
-        v.rows, nk, v.ptr, v.sd, v.sj, st, Br, ot, Br, args);
+        v.rows, nk, v.ptr, v.sd, v.sj, st + off0, LD, ot + off0, LD, args);
   };
   if (masked) {
-    args.col_limit = kend;
+    args.col_limit = kend + off0;
     args.row_base = static_cast<T>(j0);
   }
   for (int i = 0; i < nvs; ++i) {
-    T* ot = cb.ot.data() + vs[i].row0 * Br;
+    T* ot = cb.ot.data() + vs[i].row0 * LD;
     if (masked)
       fresh ? product(no{}, yes{}, vs[i], ot) : product(yes{}, yes{}, vs[i], ot);
     else
@@ -275,18 +278,44 @@ void flash_step_cols(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, c
   }
 }
 
+/// flash_step over the column registers [v0, v1) (default: all), whatever the block's width. A
+/// step that leaves out the registers whose columns see none of its keys costs what it computes,
+/// and leaves those columns as the whole step would (used on causal diagonals: docs/design.md §1.2).
 template <class Arch, class T, class Hook>
 void flash_step(flash_columns<T>& cb, index_t dk, index_t j0, index_t nk, const T* kp, index_t sk_j,
-                index_t sk_d, const value_source<T>* vs, int nvs, bool hook_active, Hook&& hook) {
+                index_t sk_d, const value_source<T>* vs, int nvs, bool hook_active, Hook&& hook,
+                index_t v0 = 0, index_t v1 = -1) {
   constexpr int W = simd::batch<T, Arch>::size, NV = flash_tiling<T, Arch>::NV, NH = NV / 2;
+  const index_t nreg = cb.ld / W;
+  if (std::is_same_v<Arch, simd::scalar> || cb.fresh || v1 < 0 || v0 < 0 || v0 >= v1 || v1 > nreg) {
+    v0 = 0;  // all registers
+    v1 = nreg;
+  }
+  auto run = [&](auto na, auto ldv) {
+    flash_step_cols<Arch, decltype(na)::value, decltype(ldv)::value>(cb, v0, dk, j0, nk, kp, sk_j, sk_d, vs,
+                                                                     nvs, hook_active, hook);
+  };
+  // the active registers, one instantiation per count (at most 4 on the vector ISAs)
+  auto part = [&](auto ldv) {
+    constexpr int L = decltype(ldv)::value;
+    const index_t na = v1 - v0;
+    if constexpr (!std::is_same_v<Arch, simd::scalar>) {
+      static_assert(L <= 4, "flash_step: register counts written for at most 4");
+      if constexpr (L >= 2)
+        if (na == 1) return run(std::integral_constant<int, 1>{}, ldv);
+      if constexpr (L >= 3)
+        if (na == 2) return run(std::integral_constant<int, 2>{}, ldv);
+      if constexpr (L >= 4)
+        if (na == 3) return run(std::integral_constant<int, 3>{}, ldv);
+    }
+    (void)na;
+    run(ldv, ldv);
+  };
   // A block of at most half the columns (short Combiner lines, the last block of a sequence) costs half.
   if constexpr (NH >= 1 && NH < NV) {
-    if (cb.ld == NH * W) {
-      flash_step_cols<Arch, NH>(cb, dk, j0, nk, kp, sk_j, sk_d, vs, nvs, hook_active, hook);
-      return;
-    }
+    if (cb.ld == NH * W) return part(std::integral_constant<int, NH>{});
   }
-  flash_step_cols<Arch, NV>(cb, dk, j0, nk, kp, sk_j, sk_d, vs, nvs, hook_active, hook);
+  part(std::integral_constant<int, NV>{});
 }
 
 }  // namespace detail

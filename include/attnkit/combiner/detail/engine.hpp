@@ -94,6 +94,25 @@ class combiner_block {
     masks_[static_cast<std::size_t>(r)] &= bits;
   }
 
+  /// One step over the panel rows [j, j + nk), rows o.. of run r, on the column registers [v0, v1).
+  void step(const panel_run<T>& r, index_t o, index_t j, index_t nk, std::uint64_t used, index_t v0,
+            index_t v1) {
+    value_source<T> vs[2] = {r.v[0], r.v[1]};
+    for (int i = 0; i < r.nv; ++i) vs[i].ptr += o * vs[i].sj;
+    bool hidden = false;
+    if (!masks_.empty())
+      for (index_t jj = 0; jj < nk && !hidden; ++jj) hidden = masks_[static_cast<std::size_t>(j + jj)] != all;
+    auto hide = [&](T* st) {
+      const T ninf = -std::numeric_limits<T>::infinity();
+      for (index_t jj = 0; jj < nk; ++jj) {
+        // the columns in use whose bit is clear, one at a time (usually one or none)
+        for (std::uint64_t h = ~masks_[static_cast<std::size_t>(j + jj)] & used; h != 0; h &= h - 1)
+          st[jj * cb_.ld + __builtin_ctzll(h)] = ninf;
+      }
+    };
+    flash_step<Arch>(cb_, dk_, j, nk, r.k + o * r.sk_j, r.sk_j, r.sk_d, vs, r.nv, hidden, hide, v0, v1);
+  }
+
   /// Consumes the panel.
   void run() {
     // The first step writes O^T rather than accumulating onto it when its value sources cover
@@ -111,27 +130,40 @@ class combiner_block {
       std::fill(cb_.ot.data(), cb_.ot.data() + vrows_ * cb_.ld, T(0));
       cb_.fresh = false;
     }
+    // On a causal diagonal the registers of the columns that see none of a key range are left
+    // out of its step: vmax_[v] is the largest key_end of register v's columns.
+    constexpr index_t W = B::size;
+    const index_t nvec = cb_.ld / W;
+    for (index_t v = 0; v < nvec; ++v) {
+      index_t mx = 0;
+      for (index_t c = v * W; c < (v + 1) * W && c < cb_.ncols; ++c)
+        mx = std::max(mx, static_cast<index_t>(cb_.kend.data()[c]));
+      vmax_[static_cast<std::size_t>(v)] = mx;
+    }
+    const std::uint64_t used = cb_.ncols >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << cb_.ncols) - 1;
     index_t base = 0;
     for (const panel_run<T>& r : runs_) {
       for (index_t o = 0; o < r.n && base + o < cb_.kmax; o += Bc) {
         const index_t j0 = base + o;
         const index_t nk = std::min({Bc, r.n - o, cb_.kmax - j0});
-        value_source<T> vs[2] = {r.v[0], r.v[1]};
-        for (int i = 0; i < r.nv; ++i) vs[i].ptr += o * vs[i].sj;
-        bool hidden = false;
-        if (!masks_.empty())
-          for (index_t jj = 0; jj < nk && !hidden; ++jj)
-            hidden = masks_[static_cast<std::size_t>(j0 + jj)] != all;
-        const std::uint64_t used = cb_.ncols >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << cb_.ncols) - 1;
-        auto hide = [&](T* st) {
-          const T ninf = -std::numeric_limits<T>::infinity();
-          for (index_t jj = 0; jj < nk; ++jj) {
-            // the columns in use whose bit is clear, one at a time (usually one or none)
-            for (std::uint64_t h = ~masks_[static_cast<std::size_t>(j0 + jj)] & used; h != 0; h &= h - 1)
-              st[jj * cb_.ld + __builtin_ctzll(h)] = ninf;
+        // the keys [j0, j0 + nk) in steps that each keep the registers some column of which sees them
+        for (index_t j = j0; j < j0 + nk;) {
+          // the registers some column of which sees key j, and the first key one of them stops seeing
+          index_t v0 = nvec, v1 = 0, drop = j0 + nk;
+          for (index_t v = 0; v < nvec; ++v) {
+            const index_t e = vmax_[static_cast<std::size_t>(v)];
+            if (e > j) {
+              v0 = std::min(v0, v);
+              v1 = v + 1;
+              drop = std::min(drop, e);
+            }
           }
-        };
-        flash_step<Arch>(cb_, dk_, j0, nk, r.k + o * r.sk_j, r.sk_j, r.sk_d, vs, r.nv, hidden, hide);
+          if (std::is_same_v<Arch, simd::scalar> || cb_.fresh) {  // one column per scalar register
+            v0 = 0, v1 = nvec, drop = j0 + nk;
+          }
+          step(r, o + (j - j0), j, drop - j, used, v0, v1);
+          j = drop;
+        }
       }
       base += r.n;
     }
@@ -229,7 +261,8 @@ class combiner_block {
   std::vector<panel_run<T>> runs_;
   std::vector<std::uint64_t> masks_;
   index_t rows_ = 0;
-  index_t vrows_ = 0;                        // value rows of O^T in use (zeroed by begin)
+  index_t vrows_ = 0;  // value rows of O^T in use (zeroed by begin)
+  std::vector<index_t> vmax_ = std::vector<index_t>(static_cast<std::size_t>(Br / B::size) + 1);
   mutable std::vector<T> inv_, tmp_, sink_;  // finish_merged scratch, sink()
 };
 
@@ -313,18 +346,27 @@ void pooled_summary(const tensor_view<const T, 4>& q, const tensor_view<const T,
   w.vc.resize(static_cast<std::size_t>(n * dv));
   w.qp.resize(static_cast<std::size_t>(dk));
   w.logits.resize(static_cast<std::size_t>(n));
-  T* kc = w.kc.data();
   T* qp = w.qp.data();
+  // the members' key and value rows: in place when contiguous, else copied
+  const bool kin = k.stride(3) == 1, vin = v.stride(3) == 1;
   for (index_t t = 0; t < n; ++t) {
     const index_t j = members[t];
-    copy_strided(k.ptr(b, hkv, j, 0), k.stride(3), dk, kc + t * dk);
-    copy_strided(v.ptr(b, hkv, j, 0), v.stride(3), dv, w.vc.data() + t * dv);
+    if (!kin) copy_strided(k.ptr(b, hkv, j, 0), k.stride(3), dk, w.kc.data() + t * dk);
+    if (!vin) copy_strided(v.ptr(b, hkv, j, 0), v.stride(3), dv, w.vc.data() + t * dv);
   }
+  auto krow = [&](index_t t) -> const T* {
+    return kin ? k.ptr(b, hkv, members[t], 0) : w.kc.data() + t * dk;
+  };
+  auto vrow = [&](index_t t) -> const T* {
+    return vin ? v.ptr(b, hkv, members[t], 0) : w.vc.data() + t * dv;
+  };
   // pooled key and query
   const bool mx = pooling == combiner_pooling::max;
-  std::copy(kc, kc + dk, ks);
-  for (index_t t = 1; t < n; ++t)
-    for (index_t p = 0; p < dk; ++p) ks[p] = mx ? std::max(ks[p], kc[t * dk + p]) : ks[p] + kc[t * dk + p];
+  std::copy(krow(0), krow(0) + dk, ks);
+  for (index_t t = 1; t < n; ++t) {
+    const T* kr = krow(t);
+    for (index_t p = 0; p < dk; ++p) ks[p] = mx ? std::max(ks[p], kr[p]) : ks[p] + kr[p];
+  }
   copy_strided(q.ptr(b, h, members[0], 0), q.stride(3), dk, qp);
   for (index_t t = 1; t < n; ++t) {
     const T* qr = q.ptr(b, h, members[t], 0);
@@ -341,7 +383,7 @@ void pooled_summary(const tensor_view<const T, 4>& q, const tensor_view<const T,
   // e = softmax-weighted values
   T m = -std::numeric_limits<T>::infinity();
   for (index_t t = 0; t < n; ++t) {
-    w.logits[static_cast<std::size_t>(t)] = saturate_logit(scale * dot<Arch>(qp, kc + t * dk, dk));
+    w.logits[static_cast<std::size_t>(t)] = saturate_logit(scale * dot<Arch>(qp, krow(t), dk));
     m = std::max(m, w.logits[static_cast<std::size_t>(t)]);
   }
   std::fill(es, es + dv, T(0));
@@ -349,7 +391,7 @@ void pooled_summary(const tensor_view<const T, 4>& q, const tensor_view<const T,
   for (index_t t = 0; t < n; ++t) {
     const T p = exp_scalar(w.logits[static_cast<std::size_t>(t)] - m);
     sum += p;
-    axpy<Arch>(dv, p, w.vc.data() + t * dv, es);
+    axpy<Arch>(dv, p, vrow(t), es);
   }
   const T inv = T(1) / sum;
   for (index_t e = 0; e < dv; ++e) es[e] *= inv;
