@@ -19,6 +19,22 @@
 #include "detail/ops_kernels.hpp"
 
 ATTNKIT_BEGIN_NAMESPACE
+namespace detail {
+
+/// Inference batch norm of one channel as y = s x + t, in double: s = gamma / sqrt(var + eps),
+/// t = (b - mean) s + beta for an input that already carries a bias b (0: none). Every folding of
+/// a batch norm (into a convolution, or as a per-channel affine map) computes it here.
+struct bn_coefficients {
+  double s, t;
+};
+inline bn_coefficients batch_norm_coefficients(double gamma, double beta, double mean, double var, double eps,
+                                               double b = 0.0) {
+  const double s = gamma / std::sqrt(var + eps);
+  return {s, (b - mean) * s + beta};
+}
+
+}  // namespace detail
+
 namespace coatnet {
 
 /// A convolution with batch norm folded in: weight [Cout, ...] as the convolution's, bias [Cout].
@@ -46,9 +62,11 @@ folded_conv<T> fold_batch_norm(tensor_view<const T, 4> weight, tensor_view<const
   detail::require(eps >= 0, where, "eps must be >= 0");
   folded_conv<T> f{tensor<T, 4>(weight.extents()), tensor<T, 1>({weight.extent(0)})};
   for (index_t o = 0; o < weight.extent(0); ++o) {
-    const double s = static_cast<double>(gamma(o)) / std::sqrt(static_cast<double>(var(o)) + eps);
-    const double b = bias.data() ? static_cast<double>(bias(o)) : 0.0;
-    f.bias(o) = static_cast<T>((b - static_cast<double>(mean(o))) * s + static_cast<double>(beta(o)));
+    const detail::bn_coefficients bn = detail::batch_norm_coefficients(
+        static_cast<double>(gamma(o)), static_cast<double>(beta(o)), static_cast<double>(mean(o)),
+        static_cast<double>(var(o)), eps, bias.data() ? static_cast<double>(bias(o)) : 0.0);
+    const double s = bn.s;
+    f.bias(o) = static_cast<T>(bn.t);
     for (index_t i = 0; i < weight.extent(1); ++i)
       for (index_t y = 0; y < weight.extent(2); ++y)
         for (index_t x = 0; x < weight.extent(3); ++x)

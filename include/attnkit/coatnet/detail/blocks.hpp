@@ -87,9 +87,11 @@ affine<T> batch_norm_affine(const coatnet::parameter_set<T>& ps, const std::stri
         &m = ps.data(p + ".running_mean"), &v = ps.data(p + ".running_var");
   affine<T> a{std::vector<T>(g.size()), std::vector<T>(g.size())};
   for (std::size_t c = 0; c < g.size(); ++c) {
-    const double s = static_cast<double>(g[c]) / std::sqrt(static_cast<double>(v[c]) + eps);
-    a.scale[c] = static_cast<T>(s);
-    a.shift[c] = static_cast<T>(static_cast<double>(b[c]) - static_cast<double>(m[c]) * s);
+    const bn_coefficients bn =
+        batch_norm_coefficients(static_cast<double>(g[c]), static_cast<double>(b[c]),
+                                static_cast<double>(m[c]), static_cast<double>(v[c]), eps);
+    a.scale[c] = static_cast<T>(bn.s);
+    a.shift[c] = static_cast<T>(bn.t);
   }
   return a;
 }

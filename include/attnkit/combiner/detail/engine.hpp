@@ -327,6 +327,29 @@ inline void gather_rows(const T* src, index_t sj, index_t sd, index_t d, index_t
   }
 }
 
+/// Pools the row a (element stride sa) into d[0, dk): the row itself when first, else the
+/// elementwise max (mx) or the sum with d.
+template <class T>
+inline void pool_row(T* d, const T* a, index_t sa, index_t dk, bool first, bool mx) {
+  if (first)
+    copy_strided(a, sa, dk, d);
+  else if (mx)
+    for (index_t p = 0; p < dk; ++p) d[p] = std::max(d[p], a[p * sa]);
+  else
+    for (index_t p = 0; p < dk; ++p) d[p] += a[p * sa];
+}
+
+/// d[0, dk) = the pool of the rows row(t), t < n (element stride sa): their elementwise max (mx),
+/// or their mean (the sum times 1 / n). The summary queries and keys of the Combiner plans.
+template <class T, class R>
+inline void pool_rows(T* d, index_t n, R&& row, index_t sa, index_t dk, bool mx) {
+  for (index_t t = 0; t < n; ++t) pool_row(d, row(t), sa, dk, t == 0, mx);
+  if (!mx) {
+    const T r = T(1) / static_cast<T>(n);
+    for (index_t p = 0; p < dk; ++p) d[p] *= r;
+  }
+}
+
 /// Scratch of pooled_summary.
 template <class T>
 struct summary_scratch {
@@ -362,24 +385,9 @@ void pooled_summary(const tensor_view<const T, 4>& q, const tensor_view<const T,
   };
   // pooled key and query
   const bool mx = pooling == combiner_pooling::max;
-  std::copy(krow(0), krow(0) + dk, ks);
-  for (index_t t = 1; t < n; ++t) {
-    const T* kr = krow(t);
-    for (index_t p = 0; p < dk; ++p) ks[p] = mx ? std::max(ks[p], kr[p]) : ks[p] + kr[p];
-  }
-  copy_strided(q.ptr(b, h, members[0], 0), q.stride(3), dk, qp);
-  for (index_t t = 1; t < n; ++t) {
-    const T* qr = q.ptr(b, h, members[t], 0);
-    const index_t qs = q.stride(3);
-    for (index_t p = 0; p < dk; ++p) qp[p] = mx ? std::max(qp[p], qr[p * qs]) : qp[p] + qr[p * qs];
-  }
-  if (!mx) {
-    const T inv = T(1) / static_cast<T>(n);
-    for (index_t p = 0; p < dk; ++p) {
-      ks[p] *= inv;
-      qp[p] *= inv;
-    }
-  }
+  pool_rows(ks, n, krow, index_t(1), dk, mx);
+  pool_rows(
+      qp, n, [&](index_t t) { return q.ptr(b, h, members[t], 0); }, q.stride(3), dk, mx);
   // e = softmax-weighted values
   T m = -std::numeric_limits<T>::infinity();
   for (index_t t = 0; t < n; ++t) {

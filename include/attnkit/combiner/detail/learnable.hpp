@@ -102,16 +102,7 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
   std::vector<T> qsum;  // pooled summary queries of one segment, [columns, dk]
   const bool mx = hd.pooling == combiner_pooling::max;
   // d[p] = a[p * sa] (first), else pooled into d (max or sum), p < dk
-  auto combine = [&](T* d, const T* a, index_t sa, bool first) {
-    if (first)
-      copy_strided(a, sa, dk, d);
-    else if (sa != 1)
-      for (index_t p = 0; p < dk; ++p) d[p] = mx ? std::max(d[p], a[p * sa]) : d[p] + a[p * sa];
-    else if (mx)
-      for (index_t p = 0; p < dk; ++p) d[p] = std::max(d[p], a[p]);
-    else
-      for (index_t p = 0; p < dk; ++p) d[p] += a[p];
-  };
+  auto combine = [&](T* d, const T* a, index_t sa, bool first) { pool_row(d, a, sa, dk, first, mx); };
   std::vector<T> pq, pkk, preq, prek, sufq, sufk;
   std::vector<index_t> cnt, pren, sufn, xid;
   for (index_t a = 0; a < nvs; ++a) {

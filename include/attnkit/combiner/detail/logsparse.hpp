@@ -173,30 +173,10 @@ void combiner_logsparse(const combiner_head<T>& hd, combiner_workspace<Arch, T>&
           qp, n, dk, [&](index_t c) { return qrow(j0 + c); }, qse, QR);
       rows(
           kp, n, dk, [&](index_t c) { return krow(j0 + c); }, kse, KR);
-      std::copy(qp[0], qp[0] + dk, qg);
-      std::copy(kp[0], kp[0] + dk, kg);
-      for (index_t t = 1; t < n; ++t) {
-        const T* qr = qp[t];
-        const T* kr = kp[t];
-        if (mx) {
-          for (index_t p = 0; p < dk; ++p) {
-            qg[p] = std::max(qg[p], qr[p]);
-            kg[p] = std::max(kg[p], kr[p]);
-          }
-        } else {
-          for (index_t p = 0; p < dk; ++p) {
-            qg[p] += qr[p];
-            kg[p] += kr[p];
-          }
-        }
-      }
-      if (!mx) {
-        const T r = T(1) / static_cast<T>(n);
-        for (index_t p = 0; p < dk; ++p) {
-          qg[p] *= r;
-          kg[p] *= r;
-        }
-      }
+      pool_rows(
+          qg, n, [&](index_t t) { return qp[t]; }, index_t(1), dk, mx);
+      pool_rows(
+          kg, n, [&](index_t t) { return kp[t]; }, index_t(1), dk, mx);
     }
     for (index_t l = LC + 1; l < nl; ++l) {
       const index_t c = index_t(1) << l, half = c / 2;
