@@ -1337,8 +1337,10 @@ TEMPLATE_TEST_CASE("combiner kmeans: seeded, deterministic, unit-norm centroids 
 // steps leave out leading, trailing and middle column registers (core/flash.hpp: flash_step over
 // a register range), against softmax over the visible keys in fp64. Also with a second run and a
 // hidden row, which split the steps elsewhere.
-TEMPLATE_TEST_CASE("combiner engine: columns with any key ends, steps over register ranges vs fp64",
-                   "[combiner][engine]", float, double) {
+TEMPLATE_TEST_CASE(
+    "combiner engine: columns with any key windows, steps over register ranges, run in "
+    "pieces and resumed, vs fp64",
+    "[combiner][engine]", float, double) {
   using T = TestType;
   using Arch = attnkit::simd::native;
   using blk_t = attnkit::detail::combiner_block<Arch, T>;
@@ -1348,75 +1350,113 @@ TEMPLATE_TEST_CASE("combiner engine: columns with any key ends, steps over regis
   for (const index_t dk : {index_t(8), index_t(33)})
     for (const index_t nkeys : {index_t(1), index_t(17), index_t(150), index_t(300)})
       for (int pattern = 0; pattern < 6; ++pattern)
-        for (const index_t ncols : {index_t(1), Br / 2 + 1, Br}) {
-          const index_t dv = dk + 3;
-          std::vector<T> q(static_cast<std::size_t>(ncols * dk)), k(static_cast<std::size_t>(nkeys * dk)),
-              v(static_cast<std::size_t>(nkeys * dv));
-          for (auto* x : {&q, &k, &v})
-            for (T& y : *x) y = static_cast<T>(rng.uniform(-1, 1));
-          std::vector<index_t> kend(static_cast<std::size_t>(ncols));
-          for (index_t c = 0; c < ncols; ++c) {
-            const index_t up = std::min(nkeys, c + 1), down = std::max<index_t>(0, nkeys - c);
-            index_t e = nkeys;
-            switch (pattern) {
-              case 0:
-                e = up;
-                break;  // causal diagonal
-              case 1:
-                e = down;
-                break;  // reversed
-              case 2:
-                e = c % 3 == 0 ? 0 : up;
-                break;  // gaps
-              case 3:
-                e = static_cast<index_t>(rng.uniform(0, 1) * static_cast<double>(nkeys + 1));
-                break;
-              case 4:
-                e = (c / 16) % 2 == 0 ? nkeys : std::min(nkeys, index_t(5));
-                break;  // middle registers
-              default:
-                e = nkeys;
-                break;  // all equal
+        for (int starts = 0; starts < 3; ++starts)
+          for (const index_t ncols : {index_t(1), Br / 2 + 1, Br}) {
+            const index_t dv = dk + 3;
+            std::vector<T> q(static_cast<std::size_t>(ncols * dk)), k(static_cast<std::size_t>(nkeys * dk)),
+                v(static_cast<std::size_t>(nkeys * dv));
+            for (auto* x : {&q, &k, &v})
+              for (T& y : *x) y = static_cast<T>(rng.uniform(-1, 1));
+            std::vector<index_t> kend(static_cast<std::size_t>(ncols)),
+                kstart(static_cast<std::size_t>(ncols), 0);
+            for (index_t c = 0; c < ncols; ++c) {
+              const index_t up = std::min(nkeys, c + 1), down = std::max<index_t>(0, nkeys - c);
+              index_t e = nkeys;
+              switch (pattern) {
+                case 0:
+                  e = up;
+                  break;  // causal diagonal
+                case 1:
+                  e = down;
+                  break;  // reversed
+                case 2:
+                  e = c % 3 == 0 ? 0 : up;
+                  break;  // gaps
+                case 3:
+                  e = static_cast<index_t>(rng.uniform(0, 1) * static_cast<double>(nkeys + 1));
+                  break;
+                case 4:
+                  e = (c / 16) % 2 == 0 ? nkeys : std::min(nkeys, index_t(5));
+                  break;  // middle registers
+                default:
+                  e = nkeys;
+                  break;  // all equal
+              }
+              e = std::min(e, nkeys);
+              kend[static_cast<std::size_t>(c)] = e;
+              // windows: none, sliding (start c + 1 of the end's run), random inside [0, end]
+              if (starts == 1) kstart[static_cast<std::size_t>(c)] = std::min(e, c + 1);
+              if (starts == 2)
+                kstart[static_cast<std::size_t>(c)] =
+                    static_cast<index_t>(rng.uniform(0, 1) * static_cast<double>(e + 1)) % (e + 1);
             }
-            kend[static_cast<std::size_t>(c)] = std::min(e, nkeys);
+            const bool hide = pattern == 5 && nkeys > 3;  // row 2 hidden from column 0
+            const index_t split = nkeys / 3;              // two runs: [0, split) and [split, nkeys)
+            const T qscale = T(0.7);
+            using vs_t = attnkit::detail::value_source<T>;
+            auto first = [&](blk_t& b) { b.add(k.data(), dk, 1, vs_t{v.data(), dv, 1, dv, 0}, split); };
+            auto second = [&](blk_t& b) {
+              b.add(k.data() + split * dk, dk, 1, vs_t{v.data() + split * dv, dv, 1, dv, 0}, nkeys - split);
+            };
+            auto begin = [&](blk_t& b) {
+              b.begin(
+                  ncols, [&](index_t c) { return q.data() + c * dk; }, 1, qscale,
+                  [&](index_t c) { return kend[static_cast<std::size_t>(c)]; });
+              if (starts > 0) b.start_at([&](index_t c) { return kstart[static_cast<std::size_t>(c)]; });
+            };
+            // three ways to the same columns: one run; a run per part; the second part in a block
+            // resumed from the first (its windows then start at 0 of its own panel)
+            for (int way = 0; way < 3; ++way) {
+              blk_t blk(dk, dv), res(dk, dv);
+              begin(blk);
+              first(blk);
+              if (hide && split > 2) blk.restrict_row(2, ~std::uint64_t(1));
+              if (way > 0) blk.run();
+              blk_t* fin = &blk;
+              if (way == 2) {
+                res.resume(
+                    blk,
+                    [&](index_t c) {
+                      return std::max<index_t>(0, kend[static_cast<std::size_t>(c)] - split);
+                    },
+                    dv);
+                if (starts > 0)
+                  res.start_at([&](index_t c) {
+                    return std::max<index_t>(0, kstart[static_cast<std::size_t>(c)] - split);
+                  });
+                fin = &res;
+              }
+              second(*fin);
+              if (hide && split <= 2) fin->restrict_row(way == 2 ? 2 - split : 2, ~std::uint64_t(1));
+              fin->run();
+              std::vector<T> out(static_cast<std::size_t>(ncols * dv), T(-7));
+              fin->finish_all(
+                  ncols, 0, dv, [&](index_t c) { return out.data() + c * dv; }, 1);
+              for (index_t c = 0; c < ncols; ++c) {
+                const index_t e = kend[static_cast<std::size_t>(c)], a = kstart[static_cast<std::size_t>(c)];
+                auto seen = [&](index_t j) { return j >= a && j < e && !(hide && c == 0 && j == 2); };
+                std::vector<double> w(static_cast<std::size_t>(nkeys));
+                double mx = -std::numeric_limits<double>::infinity(), sum = 0;
+                for (index_t j = 0; j < nkeys; ++j) {
+                  if (!seen(j)) continue;
+                  double s = 0;
+                  for (index_t p = 0; p < dk; ++p) s += double(q[c * dk + p]) * double(k[j * dk + p]);
+                  w[static_cast<std::size_t>(j)] = s * double(qscale);  // exp2 units
+                  mx = std::max(mx, w[static_cast<std::size_t>(j)]);
+                }
+                for (index_t j = 0; j < nkeys; ++j)
+                  if (seen(j)) sum += std::exp2(w[static_cast<std::size_t>(j)] - mx);
+                for (index_t x = 0; x < dv; ++x) {
+                  double ref = 0;
+                  for (index_t j = 0; j < nkeys; ++j)
+                    if (seen(j))
+                      ref += std::exp2(w[static_cast<std::size_t>(j)] - mx) / sum * double(v[j * dv + x]);
+                  INFO("dk " << dk << " keys " << nkeys << " pattern " << pattern << " starts " << starts
+                             << " cols " << ncols << " way " << way << " col " << c << " window [" << a
+                             << ", " << e << ")");
+                  REQUIRE(std::abs(double(out[c * dv + x]) - ref) <= tol * (1 + std::abs(ref)));
+                }
+              }
+            }
           }
-          const bool hide = pattern == 5 && nkeys > 3;  // row 2 hidden from column 0
-          const index_t split = nkeys / 3;              // two runs: [0, split) and [split, nkeys)
-          blk_t blk(dk, dv);
-          const T qscale = T(0.7);
-          blk.begin(
-              ncols, [&](index_t c) { return q.data() + c * dk; }, 1, qscale,
-              [&](index_t c) { return kend[static_cast<std::size_t>(c)]; });
-          using vs_t = attnkit::detail::value_source<T>;
-          blk.add(k.data(), dk, 1, vs_t{v.data(), dv, 1, dv, 0}, split);
-          blk.add(k.data() + split * dk, dk, 1, vs_t{v.data() + split * dv, dv, 1, dv, 0}, nkeys - split);
-          if (hide) blk.restrict_row(2, ~std::uint64_t(1));
-          blk.run();
-          std::vector<T> out(static_cast<std::size_t>(ncols * dv), T(-7));
-          blk.finish_all(
-              ncols, 0, dv, [&](index_t c) { return out.data() + c * dv; }, 1);
-          for (index_t c = 0; c < ncols; ++c) {
-            const index_t e = kend[static_cast<std::size_t>(c)];
-            std::vector<double> w(static_cast<std::size_t>(e));
-            double mx = -std::numeric_limits<double>::infinity(), sum = 0;
-            for (index_t j = 0; j < e; ++j) {
-              if (hide && c == 0 && j == 2) continue;
-              double s = 0;
-              for (index_t p = 0; p < dk; ++p) s += double(q[c * dk + p]) * double(k[j * dk + p]);
-              w[static_cast<std::size_t>(j)] = s * double(qscale);  // exp2 units
-              mx = std::max(mx, w[static_cast<std::size_t>(j)]);
-            }
-            for (index_t j = 0; j < e; ++j)
-              if (!(hide && c == 0 && j == 2)) sum += std::exp2(w[static_cast<std::size_t>(j)] - mx);
-            for (index_t x = 0; x < dv; ++x) {
-              double ref = 0;
-              for (index_t j = 0; j < e; ++j)
-                if (!(hide && c == 0 && j == 2))
-                  ref += std::exp2(w[static_cast<std::size_t>(j)] - mx) / sum * double(v[j * dv + x]);
-              INFO("dk " << dk << " keys " << nkeys << " pattern " << pattern << " cols " << ncols << " col "
-                         << c << " kend " << e);
-              REQUIRE(std::abs(double(out[c * dv + x]) - ref) <= tol * (1 + std::abs(ref)));
-            }
-          }
-        }
 }

@@ -13,14 +13,23 @@
 ATTNKIT_BEGIN_NAMESPACE
 namespace detail {
 
+/// Which online-softmax state axial_summaries saves per anchor (at state index g(c), beside e).
+enum class axial_state {
+  none,
+  line,   ///< its state over the line: the direct part of its query when the line is its own
+  prefix  ///< its state over the line's first c + 1 keys (a causal query's own row, row-major)
+};
+
 /// Anchored summaries over one line of keys (a row, or a column read with stride m): for anchors
 /// a(c) (c < count), (e, k~) = attention of q_a(c) over the line's first kend(c) keys with values
-/// (V, K), written to es/ks at summary index g(c). With `save`, the anchor's max and sum are saved
-/// at state index g(c) too: with e, its state over the line (the direct part of its own query when
-/// the line is its own row or column), which the next pass merges with.
+/// (V, K), written to es/ks at summary index g(c); and the state `save` names. The prefix states
+/// split off the summary blocks: each register of columns of `w.prefix` takes the block's state
+/// when the block has run the keys before its first anchor, then runs its own diagonal keys, so
+/// the prefixes cost one diagonal tile per register more.
 template <class Arch, class T, class A, class E, class G>
 void axial_summaries(const combiner_head<T>& hd, combiner_workspace<Arch, T>& w, index_t j0, index_t step,
-                     index_t nkeys, index_t count, A&& anchor, E&& kend, G&& g, T* ks, T* es, bool save) {
+                     index_t nkeys, index_t count, A&& anchor, E&& kend, G&& g, T* ks, T* es,
+                     axial_state save) {
   constexpr index_t Br = combiner_block<Arch, T>::Br;
   const index_t dk = hd.s.dk, dv = hd.s.dv;
   auto& blk = w.blk;
@@ -38,16 +47,43 @@ void axial_summaries(const combiner_head<T>& hd, combiner_workspace<Arch, T>& w,
     vp = w.pv.data();
     kj = dk, kd = 1, vj = dv, vd = 1;
   }
+  // keys [a, b) of the line as panel rows, with values (V, K), or V alone
+  auto add_keys = [&](combiner_block<Arch, T>& b, index_t a, index_t e, bool with_keys) {
+    const value_source<T> vv{vp + a * vj, vj, vd, dv, 0};
+    const value_source<T> vk{kp + a * kj, kj, kd, dk, dv};
+    b.add2(kp + a * kj, kj, kd, vv, vk, with_keys ? 2 : 1, e - a);
+  };
   for (index_t c0 = 0; c0 < count; c0 += Br) {
     const index_t n = std::min(Br, count - c0);
     hd.begin(
         blk, n, [&](index_t c) { return anchor(c0 + c); }, [&](index_t c) { return kend(c0 + c); }, dv + dk);
-    const value_source<T> vv{vp, vj, vd, dv, 0};
-    const value_source<T> vk{kp, kj, kd, dk, dv};
-    blk.add2(kp, kj, kd, vv, vk, 2, nkeys);
+    index_t done = 0;  // the keys blk has consumed
+    if (save == axial_state::prefix) {
+      // Register v of the prefix block takes blk's state after the keys [0, cut(v)), before the
+      // first anchor of its columns, then runs the diagonal keys [cut(v), c + 1) alone.
+      constexpr index_t W = combiner_block<Arch, T>::W;
+      const index_t pre = std::min(c0, nkeys), top = std::min(c0 + n, nkeys);
+      auto cut = [&](index_t v) { return std::clamp<index_t>(c0 + v * W, pre, nkeys); };
+      auto consume = [&](index_t e) {
+        if (e > done) add_keys(blk, done, e, true), blk.run(), done = e;
+      };
+      auto& pb = w.prefix;
+      consume(pre);
+      pb.resume(
+          blk, [&](index_t c) { return std::min(c0 + c + 1, nkeys) - pre; }, dv);
+      for (index_t v = 1; v * W < n; ++v) {
+        consume(cut(v));
+        pb.take(blk, v);
+      }
+      pb.start_at([&](index_t c) { return cut(c / W) - pre; });
+      add_keys(pb, pre, top, false);
+      pb.run();
+      w.states.save_all(pb, n, [&](index_t c) { return g(c0 + c); });
+    }
+    add_keys(blk, done, nkeys, true);
     blk.run();
     // e: also the saved state's output rows, with its max and sum
-    if (save) w.states.save_stats(blk, n, [&](index_t c) { return g(c0 + c); });
+    if (save == axial_state::line) w.states.save_stats(blk, n, [&](index_t c) { return g(c0 + c); });
     blk.finish_all(
         n, 0, dv, [&](index_t c) { return es + g(c0 + c) * dv; }, 1);
     blk.finish_all(
@@ -74,33 +110,23 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
     // row-major: summaries and states of (r, c) at c * nrp + r, so that pass B reads each
     // column's contiguously
     auto at = [&](index_t r, index_t c) { return c * nrp + r; };
-    // summaries (r', c): row r' seen from column c, bidirectional within the row. Bidirectional,
-    // that is also the direct part (pass A) of query (r', c): its state is saved on the way.
+    // summaries (r', c): row r' seen from column c, bidirectional within the row. That is also
+    // the direct part of query (r', c), bidirectional; causal, its prefix of the row splits off
+    // the summary blocks. Either way its state is saved on the way. (Causal, the last row's
+    // summaries are seen by no query.)
     for (index_t r = 0; r < nvr; ++r) {
       const index_t nk = std::min(len, (r + 1) * m) - r * m;
       axial_summaries(
           hd, w, r * m, 1, nk, m, [&](index_t c) { return r * m + c; }, [&](index_t) { return nk; },
-          [&](index_t c) { return at(r, c); }, w.ks.data(), w.es.data(), !causal);
+          [&](index_t c) { return at(r, c); }, w.ks.data(), w.es.data(),
+          causal ? axial_state::prefix : axial_state::line);
     }
-    // pass A: the own row (causal: columns <= c); bidirectional rows without keys see nothing yet
-    if (!causal)
-      for (index_t r = nvr; r < nr; ++r)
-        for (index_t c = 0; c < m; ++c) {
-          st.m[static_cast<std::size_t>(at(r, c))] = -std::numeric_limits<T>::infinity();
-          st.l[static_cast<std::size_t>(at(r, c))] = T(0);
-        }
-    for (index_t r = causal ? 0 : nr; r < nr; ++r) {
-      const index_t nk = std::clamp<index_t>(len - r * m, 0, m);
-      for (index_t c0 = 0; c0 < m; c0 += Br) {
-        const index_t n = std::min(Br, m - c0);
-        hd.begin(
-            blk, n, [&](index_t c) { return r * m + c0 + c; },
-            [&](index_t c) { return causal ? causal_count(c0 + c, 0, nk) : nk; });
-        hd.add_keys(blk, r * m, nk);
-        blk.run();
-        st.save_all(blk, n, [&](index_t c) { return at(r, c0 + c); });
+    // rows without keys see nothing yet
+    for (index_t r = nvr; r < nr; ++r)
+      for (index_t c = 0; c < m; ++c) {
+        st.m[static_cast<std::size_t>(at(r, c))] = -std::numeric_limits<T>::infinity();
+        st.l[static_cast<std::size_t>(at(r, c))] = T(0);
       }
-    }
     // pass B: down each column c, the summaries (r', c) of the other (causal: earlier) rows
     const T* erows = causal ? st.e.data() : w.es.data();
     for (index_t c = 0; c < m; ++c) {
@@ -131,11 +157,11 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
     auto anchor = [&](index_t r) { return r * m + c; };
     axial_summaries(
         hd, w, c, m, nk, nr, anchor, [&](index_t r) { return causal ? causal_count(r, 0, nk) : nk; },
-        [&](index_t r) { return r * mp + c; }, w.ks.data(), w.es.data(), true);
+        [&](index_t r) { return r * mp + c; }, w.ks.data(), w.es.data(), axial_state::line);
   }
-  // pass B: along each row r, the summaries (r, c') of the other columns. Causal: exclusive
-  // summaries (rows < r) first, visible to column c for c' > c, then inclusive ones (rows <= r),
-  // a prefix c' < c: every panel row past a query's kend holds a key after the query.
+  // pass B: along each row r, the summaries (r, c') of the other columns. Causal: the exclusive
+  // summaries (rows < r) first, then the inclusive ones (rows <= r): column c sees the window
+  // [c + 1, ne + c) of that panel (exclusive c' > c, inclusive c' < c).
   for (index_t r = 0; r < nr; ++r)
     for (index_t c0 = 0; c0 < m; c0 += Br) {
       const index_t n = std::min(Br, m - c0);
@@ -143,19 +169,13 @@ void combiner_axial(const combiner_head<T>& hd, index_t nr, index_t m, bool col_
       hd.begin(
           blk, n, [&](index_t x) { return r * m + c0 + x; },
           [&](index_t x) { return causal ? ne + std::min(c0 + x, mv) : mv; });
-      if (ne > 0) hd.add_summaries(blk, w.ks.data(), w.es.data(), (r - 1) * mp, ne);
-      hd.add_summaries(blk, w.ks.data(), w.es.data(), r * mp, mv);
-      const std::uint64_t used = n >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << n) - 1;
-      for (index_t cc = 0; cc < mv && (causal ? ne > 0 : true); ++cc) {
-        std::uint64_t bits;  // columns x that may see this summary: c0 + x < cc, or c0 + x != cc
-        if (causal) {
-          const index_t k = std::clamp<index_t>(cc - c0, 0, n);
-          bits = k >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << k) - 1;
-        } else {
-          bits = cc >= c0 && cc < c0 + n ? used & ~(std::uint64_t(1) << (cc - c0)) : used;
-        }
-        if (bits != used) blk.restrict_row(cc, bits);
+      if (ne > 0) {
+        hd.add_summaries(blk, w.ks.data(), w.es.data(), (r - 1) * mp, ne);
+        blk.start_at([&](index_t x) { return std::min(c0 + x + 1, ne); });
       }
+      hd.add_summaries(blk, w.ks.data(), w.es.data(), r * mp, mv);
+      if (!causal)  // the own column's summary is the direct part
+        for (index_t x = 0; x < n && c0 + x < mv; ++x) blk.restrict_row(c0 + x, ~(std::uint64_t(1) << x));
       blk.run();
       hd.finish_merged(
           blk, n, st, [&](index_t x) { return r * mp + c0 + x; }, w.es.data(),

@@ -50,7 +50,8 @@ template <class Arch, class T>
 class combiner_block {
  public:
   using B = simd::batch<T, Arch>;
-  static constexpr index_t Br = flash_tiling<T, Arch>::NV * B::size;
+  static constexpr index_t W = B::size;  ///< columns per register
+  static constexpr index_t Br = flash_tiling<T, Arch>::NV * W;
   static constexpr index_t Bc = flash_tiling<T, Arch>::Bc;
   static_assert(Br <= 64, "combiner_block: column masks are 64-bit");
   static constexpr std::uint64_t all = Br == 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << Br) - 1;
@@ -66,9 +67,52 @@ class combiner_block {
     begin_columns<Arch>(cb_, dk_, ncols, qrow, qs, qscale, kend);
     vrows_ = vrows < 0 ? dv_ : std::min(vrows, dv_);
     cb_.fresh = true;  // O^T is written by the first step, or zeroed by run() (see there)
-    runs_.clear();
-    masks_.clear();
-    rows_ = 0;
+    clear_panel();
+  }
+
+  /// Starts the columns of `src` (the same queries, qscale and width) where src stands: its max,
+  /// sum and value rows [0, vrows) of O^T (vrows at most src's), as if the panel rows src consumed
+  /// were this block's and already run; column c sees this block's panel rows [0, kend(c)).
+  /// A causal query's prefix of a line, split off a block that goes on over the whole line.
+  template <class E>
+  void resume(const combiner_block& src, E&& kend, index_t vrows) {
+    assert(src.dk_ == dk_ && vrows <= src.vrows_ && vrows <= dv_);
+    const index_t ld = src.cb_.ld;
+    cb_.ncols = src.cb_.ncols;
+    cb_.ld = ld;
+    std::copy(src.cb_.qt.data(), src.cb_.qt.data() + dk_ * ld, cb_.qt.data());
+    cb_.kmin = cb_.ncols > 0 ? std::numeric_limits<index_t>::max() : 0;
+    cb_.kmax = 0;
+    for (index_t c = 0; c < ld; ++c) {
+      const index_t e = c < cb_.ncols ? kend(c) : 0;
+      cb_.kend.data()[c] = static_cast<T>(e);
+      if (c < cb_.ncols) cb_.kmin = std::min(cb_.kmin, e), cb_.kmax = std::max(cb_.kmax, e);
+    }
+    vrows_ = vrows;
+    clear_panel();
+    std::copy(src.cb_.m.data(), src.cb_.m.data() + ld, cb_.m.data());
+    std::copy(src.cb_.l.data(), src.cb_.l.data() + ld, cb_.l.data());
+    started_ = src.started_;
+    cb_.fresh = src.cb_.fresh;
+    if (started_) std::copy(src.cb_.ot.data(), src.cb_.ot.data() + vrows * ld, cb_.ot.data());
+  }
+
+  /// After resume(src, ...): the columns of register v start over from where src stands now (src
+  /// has consumed more of its panel since), this block's panel not yet run.
+  void take(const combiner_block& src, index_t v) {
+    const index_t ld = cb_.ld, c0 = v * W;
+    assert(src.cb_.ld == ld && c0 < ld && next_run_ == 0);
+    if (!started_) {  // the registers not taken start from no key
+      std::fill(cb_.ot.data(), cb_.ot.data() + vrows_ * ld, T(0));
+      cb_.fresh = false;
+      started_ = true;
+    }
+    if (!src.started_) return;  // src has seen no key either
+    std::copy(src.cb_.m.data() + c0, src.cb_.m.data() + c0 + W, cb_.m.data() + c0);
+    std::copy(src.cb_.l.data() + c0, src.cb_.l.data() + c0 + W, cb_.l.data() + c0);
+    for (index_t e = 0; e < vrows_; ++e)
+      std::copy(src.cb_.ot.data() + e * ld + c0, src.cb_.ot.data() + e * ld + c0 + W,
+                cb_.ot.data() + e * ld + c0);
   }
 
   /// Appends n panel rows; returns the panel index of the first.
@@ -94,6 +138,23 @@ class combiner_block {
     masks_[static_cast<std::size_t>(r)] &= bits;
   }
 
+  /// Hides the panel rows [0, kstart(c)) from column c < ncols: the columns see the windows
+  /// [kstart, kend), and a step leaves out the registers none of whose columns' windows meet
+  /// its keys (as on a causal diagonal). Call after begin.
+  template <class S>
+  void start_at(S&& kstart) {
+    kstart_.assign(static_cast<std::size_t>(Br), 0);
+    std::fill(vstart_.begin(), vstart_.end(), index_t(0));
+    for (index_t v = 0; v * W < cb_.ncols; ++v) {
+      index_t mn = std::numeric_limits<index_t>::max();
+      for (index_t c = v * W; c < (v + 1) * W && c < cb_.ncols; ++c) {
+        kstart_[static_cast<std::size_t>(c)] = kstart(c);
+        mn = std::min(mn, kstart_[static_cast<std::size_t>(c)]);
+      }
+      vstart_[static_cast<std::size_t>(v)] = mn;
+    }
+  }
+
   /// One step over the panel rows [j, j + nk), rows o.. of run r, on the column registers [v0, v1).
   void step(const panel_run<T>& r, index_t o, index_t j, index_t nk, std::uint64_t used, index_t v0,
             index_t v1) {
@@ -102,57 +163,79 @@ class combiner_block {
     bool hidden = false;
     if (!masks_.empty())
       for (index_t jj = 0; jj < nk && !hidden; ++jj) hidden = masks_[static_cast<std::size_t>(j + jj)] != all;
+    // the columns of the registers in the step whose windows start inside it
+    const index_t ca = v0 * W, cz = std::min(cb_.ncols, v1 * W);
+    bool starts = false;
+    if (!kstart_.empty())
+      for (index_t c = ca; c < cz && !starts; ++c) starts = kstart_[static_cast<std::size_t>(c)] > j;
     auto hide = [&](T* st) {
       const T ninf = -std::numeric_limits<T>::infinity();
-      for (index_t jj = 0; jj < nk; ++jj) {
-        // the columns in use whose bit is clear, one at a time (usually one or none)
-        for (std::uint64_t h = ~masks_[static_cast<std::size_t>(j + jj)] & used; h != 0; h &= h - 1)
-          st[jj * cb_.ld + __builtin_ctzll(h)] = ninf;
-      }
+      if (!masks_.empty())
+        for (index_t jj = 0; jj < nk; ++jj) {
+          // the columns in use whose bit is clear, one at a time (usually one or none)
+          for (std::uint64_t h = ~masks_[static_cast<std::size_t>(j + jj)] & used; h != 0; h &= h - 1)
+            st[jj * cb_.ld + __builtin_ctzll(h)] = ninf;
+        }
+      if (starts)
+        for (index_t c = ca; c < cz; ++c)
+          for (index_t jj = 0, e = std::min(nk, kstart_[static_cast<std::size_t>(c)] - j); jj < e; ++jj)
+            st[jj * cb_.ld + c] = ninf;
     };
-    flash_step<Arch>(cb_, dk_, j, nk, r.k + o * r.sk_j, r.sk_j, r.sk_d, vs, r.nv, hidden, hide, v0, v1);
+    flash_step<Arch>(cb_, dk_, j, nk, r.k + o * r.sk_j, r.sk_j, r.sk_d, vs, r.nv, hidden || starts, hide, v0,
+                     v1);
   }
 
-  /// Consumes the panel.
+  /// Consumes the panel rows added since the last run (all of them, the first time): a block may
+  /// run in pieces, and resume() start another block where it stands between them.
   void run() {
-    // The first step writes O^T rather than accumulating onto it when its value sources cover
-    // every row in use; otherwise (or with no step at all) O^T starts from zeros.
-    const bool covered = !runs_.empty() && cb_.kmax > 0 && [&] {
-      const panel_run<T>& r = runs_.front();
-      index_t top = 0;
-      for (int i = 0; i < r.nv; ++i) {
-        if (r.v[i].row0 != top) return false;
-        top += r.v[i].rows;
-      }
-      return top == vrows_;
-    }();
-    if (!covered) {
-      std::fill(cb_.ot.data(), cb_.ot.data() + vrows_ * cb_.ld, T(0));
-      cb_.fresh = false;
-    }
     // On a causal diagonal the registers of the columns that see none of a key range are left
     // out of its step: vmax_[v] is the largest key_end of register v's columns.
-    constexpr index_t W = B::size;
     const index_t nvec = cb_.ld / W;
+    index_t vlow = cb_.kmax;  // the smallest of them over the registers holding columns
     for (index_t v = 0; v < nvec; ++v) {
       index_t mx = 0;
       for (index_t c = v * W; c < (v + 1) * W && c < cb_.ncols; ++c)
         mx = std::max(mx, static_cast<index_t>(cb_.kend.data()[c]));
       vmax_[static_cast<std::size_t>(v)] = mx;
+      if (v * W < cb_.ncols) vlow = std::min(vlow, mx);
     }
+    // The first step writes O^T rather than accumulating onto it when its value sources cover
+    // every row in use and it runs every register (no register stops seeing keys inside it);
+    // otherwise (or with no step at all) O^T starts from zeros.
+    const bool covered = started_ || (next_run_ < runs_.size() && cb_.kmax > 0 && [&] {
+                           const panel_run<T>& r = runs_[next_run_];
+                           if (!std::is_same_v<Arch, simd::scalar> &&
+                               (vlow < std::min({Bc, r.n, cb_.kmax}) || !kstart_.empty()))
+                             return false;
+                           index_t top = 0;
+                           for (int i = 0; i < r.nv; ++i) {
+                             if (r.v[i].row0 != top) return false;
+                             top += r.v[i].rows;
+                           }
+                           return top == vrows_;
+                         }());
+    if (!covered) {
+      std::fill(cb_.ot.data(), cb_.ot.data() + vrows_ * cb_.ld, T(0));
+      cb_.fresh = false;
+    }
+    started_ = true;
     const std::uint64_t used = cb_.ncols >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << cb_.ncols) - 1;
-    index_t base = 0;
-    for (const panel_run<T>& r : runs_) {
+    index_t base = done_;
+    for (; next_run_ < runs_.size(); ++next_run_) {
+      const panel_run<T>& r = runs_[next_run_];
       for (index_t o = 0; o < r.n && base + o < cb_.kmax; o += Bc) {
         const index_t j0 = base + o;
         const index_t nk = std::min({Bc, r.n - o, cb_.kmax - j0});
         // the keys [j0, j0 + nk) in steps that each keep the registers some column of which sees them
         for (index_t j = j0; j < j0 + nk;) {
-          // the registers some column of which sees key j, and the first key one of them stops seeing
+          // the registers some column of which sees key j, and the first key at which one of them
+          // stops, or another starts, seeing keys
           index_t v0 = nvec, v1 = 0, drop = j0 + nk;
           for (index_t v = 0; v < nvec; ++v) {
-            const index_t e = vmax_[static_cast<std::size_t>(v)];
-            if (e > j) {
+            const index_t e = vmax_[static_cast<std::size_t>(v)], a = vstart_[static_cast<std::size_t>(v)];
+            if (a > j) {
+              drop = std::min(drop, a);
+            } else if (e > j) {
               v0 = std::min(v0, v);
               v1 = v + 1;
               drop = std::min(drop, e);
@@ -161,12 +244,13 @@ class combiner_block {
           if (std::is_same_v<Arch, simd::scalar> || cb_.fresh) {  // one column per scalar register
             v0 = 0, v1 = nvec, drop = j0 + nk;
           }
-          step(r, o + (j - j0), j, drop - j, used, v0, v1);
+          if (v0 < v1) step(r, o + (j - j0), j, drop - j, used, v0, v1);
           j = drop;
         }
       }
       base += r.n;
     }
+    done_ = rows_;
   }
 
   /// Writes the normalized output rows [e0, e0 + n) of the columns c < ncols to dst(c)[e * ds]
@@ -222,7 +306,6 @@ class combiner_block {
     }
     T* tmp = tmp_.data();
     panel_to_rows<Arch, T>(ncols, n, cb_.ot.data(), ld, [&](index_t c) { return tmp + c * n; });
-    constexpr index_t W = B::size;
     constexpr index_t ahead = 4;  // rows prefetched ahead: dst and ea may be columns of matrices
     const B half = B::broadcast(T(0.5));
     for (index_t c = 0; c < ncols; ++c) {
@@ -256,13 +339,28 @@ class combiner_block {
   }
 
  private:
+  void clear_panel() {
+    runs_.clear();
+    masks_.clear();
+    kstart_.clear();
+    std::fill(vstart_.begin(), vstart_.end(), index_t(0));
+    rows_ = done_ = 0;
+    next_run_ = 0;
+    started_ = false;
+  }
+
   flash_columns<T> cb_;
   index_t dk_, dv_;
   std::vector<panel_run<T>> runs_;
   std::vector<std::uint64_t> masks_;
   index_t rows_ = 0;
-  index_t vrows_ = 0;  // value rows of O^T in use (zeroed by begin)
+  index_t done_ = 0;          // panel rows consumed by run()
+  std::size_t next_run_ = 0;  // the first run not consumed
+  bool started_ = false;      // O^T holds the block's state (run() has run, or resume() copied it)
+  index_t vrows_ = 0;         // value rows of O^T in use (zeroed by begin)
   std::vector<index_t> vmax_ = std::vector<index_t>(static_cast<std::size_t>(Br / B::size) + 1);
+  std::vector<index_t> kstart_;  // per column, when start_at was called (else empty)
+  std::vector<index_t> vstart_ = std::vector<index_t>(static_cast<std::size_t>(Br / B::size) + 1);
   mutable std::vector<T> inv_, tmp_, sink_;  // finish_merged scratch, sink()
 };
 

@@ -28,9 +28,15 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
     if (j < len) members[static_cast<std::size_t>(c)].push_back(j);
     queries[static_cast<std::size_t>(j < len ? c : ncl)].push_back(j);
   }
-  // keys and values of the positions pos[0, n) to the panel rows r0, r0 + 1, ...
+  // keys and values of the positions pos[0, n) to the panel rows r0, r0 + 1, ...; the rows are
+  // scattered: those a few ahead are prefetched
   auto gather = [&](const index_t* pos, index_t n, index_t r0) {
+    constexpr index_t ahead = 6;
     for (index_t t = 0; t < n; ++t) {
+      if (t + ahead < n) {
+        prefetch_elements(hd.k.ptr(hd.b, hd.hkv, pos[t + ahead], 0), hd.k.stride(3) == 1 ? dk : 1);
+        prefetch_elements(hd.v.ptr(hd.b, hd.hkv, pos[t + ahead], 0), hd.v.stride(3) == 1 ? dv : 1);
+      }
       copy_strided(hd.k.ptr(hd.b, hd.hkv, pos[t], 0), hd.k.stride(3), dk, w.pk.data() + (r0 + t) * dk);
       copy_strided(hd.v.ptr(hd.b, hd.hkv, pos[t], 0), hd.v.stride(3), dv, w.pv.data() + (r0 + t) * dv);
     }
@@ -211,44 +217,51 @@ void combiner_learnable(const combiner_head<T>& hd, const std::vector<std::int32
       st.save_all(blk, n, [&](index_t c) { return i0 + c; });
     }
   }
-  // pass B: per cluster, the earlier segments in order: summary (a, minus the cluster), then the
-  // cluster's keys in a. A query in segment a' sees exactly the rows of the segments a < a'.
-  std::vector<index_t> seg_end(static_cast<std::size_t>(nseg) + 1, 0);
+  // pass B: per cluster, a panel of the summaries of the earlier segments (minus the cluster),
+  // latest first, then the cluster's members in order. A query in segment a' sees the window of
+  // the summaries of the segments a < a' and the members before a' s (combiner_block::start_at).
+  std::vector<index_t> sum_before(static_cast<std::size_t>(nseg) + 1), mem_before(sum_before.size()), gs;
   for (std::int32_t c = 0; c <= ncl; ++c) {
     const auto& qc = queries[static_cast<std::size_t>(c)];
     if (qc.empty()) continue;
     const index_t last = std::min(qc.back() / s, nvs);  // segments [0, last) are needed
     const std::vector<index_t> none;
     const auto& mc = c < ncl ? members[static_cast<std::size_t>(c)] : none;
-    const index_t rows =
-        last + static_cast<index_t>(mc.size());  // at most a summary per segment, and members
-    w.pk.resize(static_cast<std::size_t>(std::max<index_t>(rows, 1) * dk));
-    w.pv.resize(static_cast<std::size_t>(std::max<index_t>(rows, 1) * dv));
-    index_t r = 0;
+    gs.clear();
     std::size_t mi = 0;
-    seg_end[0] = 0;
     for (index_t a = 0; a < last; ++a) {
       const auto& pr = present[static_cast<std::size_t>(a)];
       const auto it = std::lower_bound(pr.begin(), pr.end(), c);
       const index_t col = c < ncl && it != pr.end() && *it == c ? 1 + (it - pr.begin()) : 0;
       const index_t g = sidx[static_cast<std::size_t>(a)][static_cast<std::size_t>(col)];
-      if (g >= 0) {
-        std::copy(w.ks.data() + g * dk, w.ks.data() + (g + 1) * dk, w.pk.data() + r * dk);
-        std::copy(w.es.data() + g * dv, w.es.data() + (g + 1) * dv, w.pv.data() + r * dv);
-        ++r;
-      }
-      const std::size_t m0 = mi;  // the cluster's members in segment a: mc[m0, mi)
+      sum_before[static_cast<std::size_t>(a)] = static_cast<index_t>(gs.size());
+      mem_before[static_cast<std::size_t>(a)] = static_cast<index_t>(mi);
+      if (g >= 0) gs.push_back(g);
       while (mi < mc.size() && mc[mi] < (a + 1) * s) ++mi;
-      gather(mc.data() + m0, static_cast<index_t>(mi - m0), r);
-      r += static_cast<index_t>(mi - m0);
-      seg_end[static_cast<std::size_t>(a) + 1] = r;
     }
+    sum_before[static_cast<std::size_t>(last)] = static_cast<index_t>(gs.size());
+    mem_before[static_cast<std::size_t>(last)] = static_cast<index_t>(mi);
+    const index_t ns = static_cast<index_t>(gs.size()), rows = ns + static_cast<index_t>(mi);
+    w.pk.resize(static_cast<std::size_t>(std::max<index_t>(rows, 1) * dk));
+    w.pv.resize(static_cast<std::size_t>(std::max<index_t>(rows, 1) * dv));
+    for (index_t t = 0; t < ns; ++t) {
+      if (t + 6 < ns) {
+        const index_t ga = gs[static_cast<std::size_t>(ns - 7 - t)];
+        prefetch_elements(w.ks.data() + ga * dk, dk);
+        prefetch_elements(w.es.data() + ga * dv, dv);
+      }
+      const index_t g = gs[static_cast<std::size_t>(ns - 1 - t)];
+      std::copy(w.ks.data() + g * dk, w.ks.data() + (g + 1) * dk, w.pk.data() + t * dk);
+      std::copy(w.es.data() + g * dv, w.es.data() + (g + 1) * dv, w.pv.data() + t * dv);
+    }
+    gather(mc.data(), static_cast<index_t>(mi), ns);
     for (std::size_t t0 = 0; t0 < qc.size(); t0 += static_cast<std::size_t>(Br)) {
       const index_t n = std::min<index_t>(Br, static_cast<index_t>(qc.size() - t0));
       auto qi = [&](index_t x) { return qc[t0 + static_cast<std::size_t>(x)]; };
-      hd.begin(blk, n, qi,
-               [&](index_t x) { return seg_end[static_cast<std::size_t>(std::min(qi(x) / s, last))]; });
-      hd.add_summaries(blk, w.pk.data(), w.pv.data(), 0, r);
+      auto seg = [&](index_t x) { return static_cast<std::size_t>(std::min(qi(x) / s, last)); };
+      hd.begin(blk, n, qi, [&](index_t x) { return ns + mem_before[seg(x)]; });
+      blk.start_at([&](index_t x) { return ns - sum_before[seg(x)]; });
+      hd.add_summaries(blk, w.pk.data(), w.pv.data(), 0, rows);
       blk.run();
       hd.finish_merged(blk, n, st, qi, st.e.data(), qi);
     }

@@ -71,13 +71,14 @@ struct logsparse_scratch {
 template <class Arch, class T>
 struct combiner_workspace {
   combiner_block<Arch, T> blk;
+  combiner_block<Arch, T> prefix;  ///< a causal query's prefix of a line, resumed from blk (axial)
   combiner_states<T> states;
   summary_scratch<T> sum;
   logsparse_scratch<T> logsparse;
   std::vector<T> ks, es, pk, pv;
   std::vector<index_t> idx;
   index_t dk, dv;
-  combiner_workspace(index_t dk_, index_t dv_) : blk(dk_, dv_ + dk_), dk(dk_), dv(dv_) {}
+  combiner_workspace(index_t dk_, index_t dv_) : blk(dk_, dv_ + dk_), prefix(dk_, dv_), dk(dk_), dv(dv_) {}
 };
 
 /// Workspaces kept between calls: their buffers (up to L rows of saved states and summaries per
