@@ -49,16 +49,18 @@ struct flash_columns {
   /// The next flash_step is the block's first and writes every row of O^T its value sources cover
   /// (O^T need not be zeroed: nothing is accumulated onto it).
   bool fresh = false;
+  /// (At least one row of Q^T and O^T: a step on registers from v0 > 0 offsets their pointers
+  /// even when dk or dv is 0.)
   flash_columns(index_t dk, index_t dv, index_t br, index_t bc)
-      : qt({dk * br}),
+      : qt({std::max<index_t>(dk, 1) * br}),
         st({bc * br}),
-        ot({dv * br}),
+        ot({std::max<index_t>(dv, 1) * br}),
         m({br}),
         l({br}),
         alpha({br}),
         kend({br}),
         mnew({br}),
-        fin({dv * br}),
+        fin({std::max<index_t>(dv, 1) * br}),
         inv({br}),
         col_head(static_cast<std::size_t>(br)),
         col_query(static_cast<std::size_t>(br)),
