@@ -24,6 +24,7 @@
 #include "favor/features.hpp"
 #include "favor/options.hpp"
 #include "full/attention.hpp"
+#include "full/backward.hpp"
 #include "full/reference.hpp"
 #include "lambda/attention.hpp"
 #include "lambda/layer.hpp"

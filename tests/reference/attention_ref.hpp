@@ -48,8 +48,9 @@ inline double resolve_scale(double scale, index_t dk) {
 
 /// Extra facts about one reference row, for tolerance budgets.
 struct row_info {
-  index_t visible = 0;       ///< number of visible keys
-  double max_abs_logit = 0;  ///< max over visible keys of |scale q.k + bias|
+  index_t visible = 0;                                    ///< number of visible keys
+  double max_abs_logit = 0;                               ///< max over visible keys of |scale q.k + bias|
+  double lse = -std::numeric_limits<double>::infinity();  ///< ln sum over visible keys of exp(logit)
 };
 
 /// out[b, h, i, :] = sum_{j visible} softmax_j(scale q_i.k_j + bias_ij) v_j in fp64, with
@@ -118,6 +119,7 @@ attnkit::tensor<double, 4> attention(const view<const T, 4>& q, const view<const
               for (index_t e = 0; e < dv; ++e) acc[static_cast<std::size_t>(e)] += w * vj[e];
             }
             for (double& a : acc) a /= sum;
+            ri.lse = mx + std::log(sum);
           }
           for (index_t e = 0; e < dv; ++e)
             out.data()[((b * H + h) * Lq + i) * dv + e] = acc[static_cast<std::size_t>(e)];
@@ -125,6 +127,79 @@ attnkit::tensor<double, 4> attention(const view<const T, 4>& q, const view<const
         }
     }
   return out;
+}
+
+/// The gradients of attention (above) in fp64, from the materialized probabilities of each
+/// (b, head): with P the softmax over the visible keys, dP_ij = dout_i.v_j, D_i = sum_j P_ij dP_ij,
+/// dS = P (dP - D): dq_i = scale sum_j dS_ij k_j, dk_j = scale sum_{heads, i} dS_ij q_i,
+/// dv_j = sum_{heads, i} P_ij dout_i. Hidden keys are never read. adq, adk, adv are the sums of
+/// the magnitudes of the terms of each gradient element, with |dS| taken as P (|dP| + |D|) (the
+/// scale against which a kernel's rounding of dP - D and of the sums is measured).
+struct gradients {
+  attnkit::tensor<double, 4> dq, dk, dv, adq, adk, adv;
+};
+template <class T>
+gradients attention_backward(const view<const T, 4>& q, const view<const T, 4>& k, const view<const T, 4>& v,
+                             const view<const T, 4>& dout, const attnkit::attention_options& opt) {
+  const index_t B = q.extent(0), H = q.extent(1), Lq = q.extent(2), dk = q.extent(3);
+  const index_t Hkv = k.extent(1), Lk = k.extent(2), dv = v.extent(3);
+  const index_t group = Hkv > 0 ? H / Hkv : 1;
+  const double scale = resolve_scale(opt.scale, dk);
+  gradients g{attnkit::tensor<double, 4>({B, H, Lq, dk}),   attnkit::tensor<double, 4>({B, Hkv, Lk, dk}),
+              attnkit::tensor<double, 4>({B, Hkv, Lk, dv}), attnkit::tensor<double, 4>({B, H, Lq, dk}),
+              attnkit::tensor<double, 4>({B, Hkv, Lk, dk}), attnkit::tensor<double, 4>({B, Hkv, Lk, dv})};
+  std::vector<index_t> keys;
+  std::vector<double> p, dp;
+  for (index_t b = 0; b < B; ++b)
+    for (index_t h = 0; h < H; ++h) {
+      const index_t hk = h / group;
+      for (index_t i = 0; i < Lq; ++i) {
+        keys.clear();
+        p.clear();
+        for (index_t j = 0; j < Lk; ++j) {
+          if (!visible(opt.mask, b, i, j, Lq, Lk)) continue;
+          double d = 0;
+          for (index_t x = 0; x < dk; ++x)
+            d += static_cast<double>(at(q, {b, h, i, x})) * static_cast<double>(at(k, {b, hk, j, x}));
+          keys.push_back(j);
+          p.push_back(scale * d + bias_at(opt.mask.bias, b, h, i, j));
+        }
+        if (keys.empty()) continue;
+        const double mx = *std::max_element(p.begin(), p.end());
+        double sum = 0;
+        for (double& x : p) sum += (x = std::exp(x - mx));
+        for (double& x : p) x /= sum;
+        dp.assign(keys.size(), 0.0);
+        double D = 0;
+        for (std::size_t t = 0; t < keys.size(); ++t) {
+          for (index_t e = 0; e < dv; ++e)
+            dp[t] +=
+                static_cast<double>(at(dout, {b, h, i, e})) * static_cast<double>(at(v, {b, hk, keys[t], e}));
+          D += p[t] * dp[t];
+        }
+        for (std::size_t t = 0; t < keys.size(); ++t) {
+          const index_t j = keys[t];
+          const double ds = p[t] * (dp[t] - D) * scale;
+          const double da = p[t] * (std::fabs(dp[t]) + std::fabs(D)) * std::fabs(scale);
+          for (index_t x = 0; x < dk; ++x) {
+            const double kx = static_cast<double>(at(k, {b, hk, j, x})),
+                         qx = static_cast<double>(at(q, {b, h, i, x}));
+            const index_t iq = ((b * H + h) * Lq + i) * dk + x, ik = ((b * Hkv + hk) * Lk + j) * dk + x;
+            g.dq.data()[iq] += ds * kx;
+            g.adq.data()[iq] += da * std::fabs(kx);
+            g.dk.data()[ik] += ds * qx;
+            g.adk.data()[ik] += da * std::fabs(qx);
+          }
+          for (index_t e = 0; e < dv; ++e) {
+            const double de = static_cast<double>(at(dout, {b, h, i, e}));
+            const index_t iv = ((b * Hkv + hk) * Lk + j) * dv + e;
+            g.dv.data()[iv] += p[t] * de;
+            g.adv.data()[iv] += p[t] * std::fabs(de);
+          }
+        }
+      }
+    }
+  return g;
 }
 
 }  // namespace ref

@@ -12,6 +12,7 @@
 #include <attnkit/favor/attention.hpp>
 #include <attnkit/favor/decoder.hpp>
 #include <attnkit/full/attention.hpp>
+#include <attnkit/full/backward.hpp>
 #include <attnkit/lambda/attention.hpp>
 
 #define ATTNKIT_TEST_COMBINER(EXTERN, ARCH, T, PLAN)                                                        \
@@ -23,6 +24,14 @@
   EXTERN template void attnkit::full_attention<attnkit::simd::ARCH, T>(                                     \
       attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
       attnkit::tensor_view<T, 4>, const attnkit::attention_options&);                                       \
+  EXTERN template void attnkit::full_attention<attnkit::simd::ARCH, T>(                                     \
+      attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
+      attnkit::tensor_view<T, 4>, attnkit::tensor_view<T, 3>, const attnkit::attention_options&);           \
+  EXTERN template void attnkit::full_attention_backward<attnkit::simd::ARCH, T>(                            \
+      attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
+      attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 3>, attnkit::tensor_view<const T, 4>, \
+      attnkit::tensor_view<T, 4>, attnkit::tensor_view<T, 4>, attnkit::tensor_view<T, 4>,                  \
+      const attnkit::attention_options&);                                                                   \
   EXTERN template void attnkit::favor_attention<attnkit::simd::ARCH, T>(                                    \
       attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
       attnkit::tensor_view<T, 4>, const attnkit::random_features<T>&, const attnkit::favor_options&);       \

@@ -86,26 +86,32 @@ struct flash_workspace {
   }
 };
 
-/// Packs Q^T of the columns c < n into cb.qt (column stride cb.ld): query row qrow(c) with element
-/// stride qs, scaled by qscale; the padding columns [n, cb.ld) are zero. Register-tile transposes
-/// when the rows are contiguous.
-template <class Arch, class T, class Q>
-void pack_queries(flash_columns<T>& cb, index_t dk, index_t n, Q&& qrow, index_t qs, T qscale) {
-  T* qt = cb.qt.data();
-  const index_t ld = cb.ld;
-  if (qs == 1) {
-    rows_to_panel<Arch, T>(n, dk, qrow, qt, ld);
+/// Packs the rows row(c)[p * rs] (c < n, p < d), scaled by `scale`, transposed into panel
+/// (panel[p * ld + c]); the padding columns [n, ld) are zero. Register-tile transposes when the
+/// rows are contiguous.
+template <class Arch, class T, class R>
+void pack_panel(T* panel, index_t ld, index_t d, index_t n, R&& row, index_t rs, T scale) {
+  if (rs == 1) {
+    rows_to_panel<Arch, T>(n, d, row, panel, ld);
   } else {
     for (index_t c = 0; c < n; ++c) {
-      const T* qr = qrow(c);
-      for (index_t p = 0; p < dk; ++p) qt[p * ld + c] = qr[p * qs];
+      const T* r = row(c);
+      for (index_t p = 0; p < d; ++p) panel[p * ld + c] = r[p * rs];
     }
   }
-  for (index_t p = 0; p < dk; ++p) {
-    T* row = qt + p * ld;
-    std::fill(row + n, row + ld, T(0));
-    for (index_t c = 0; c < n; ++c) row[c] *= qscale;
+  for (index_t p = 0; p < d; ++p) {
+    T* x = panel + p * ld;
+    std::fill(x + n, x + ld, T(0));
+    if (scale != T(1))
+      for (index_t c = 0; c < n; ++c) x[c] *= scale;
   }
+}
+
+/// Packs Q^T of the columns c < n into cb.qt (column stride cb.ld): query row qrow(c) with element
+/// stride qs, scaled by qscale; the padding columns [n, cb.ld) are zero.
+template <class Arch, class T, class Q>
+void pack_queries(flash_columns<T>& cb, index_t dk, index_t n, Q&& qrow, index_t qs, T qscale) {
+  pack_panel<Arch>(cb.qt.data(), cb.ld, dk, n, qrow, qs, qscale);
 }
 
 /// Starts the block cb over ncols columns: column c sees the keys [0, kend(c)) (kmin and kmax

@@ -129,4 +129,41 @@ ATTNKIT_ALWAYS_INLINE T merge_weight_scalar(T m, T l, T M) {
   return l > T(0) ? detail::exp2_nonpositive(simd::batch<T, simd::scalar>{m - M}).v : T(0);
 }
 
+/// The natural-log log-sum-exp of a state in exp2 units (max m2, l = sum_j exp2(s_j - m2)):
+/// ln(sum_j 2^s_j) = (m2 + log2 l) ln 2; -inf for a state that saw no key (l == 0).
+template <class T>
+inline T state_log_sum_exp(T m2, T l) {
+  constexpr T ln2 = T(0.6931471805599453094);
+  return l > T(0) ? (m2 + std::log2(l)) * ln2 : -std::numeric_limits<T>::infinity();
+}
+
+/// The merge of two normalized attention states over disjoint key sets (docs/design.md §7): the
+/// outputs oa, ob (n elements each) with natural-log log-sum-exps la, lb become the state of the
+/// union, written to o (which may be oa or ob) with its log-sum-exp returned. A state with
+/// lse == -inf saw no key and is neutral: its output is not read (it may hold anything); two such
+/// states give zeros and -inf.
+template <class Arch, class T>
+T merge_state_row(const T* oa, T la, const T* ob, T lb, T* o, index_t n) {
+  using B = simd::batch<T, Arch>;
+  constexpr T ninf = -std::numeric_limits<T>::infinity();
+  const bool ha = la > ninf, hb = lb > ninf;  // NaN: not a state that saw a key either
+  if (!ha && !hb) {
+    std::fill(o, o + n, T(0));
+    return ninf;
+  }
+  if (!hb || !ha) {
+    const T* src = ha ? oa : ob;
+    if (src != o) std::copy(src, src + n, o);
+    return ha ? la : lb;
+  }
+  const T M = std::max(la, lb);
+  const T wa = exp_scalar(la - M), wb = exp_scalar(lb - M);  // one of them is 1
+  const T sum = wa + wb, ca = wa / sum, cb = wb / sum;
+  index_t e = 0;
+  for (; e + B::size <= n; e += B::size)
+    fma(B::broadcast(ca), B::load(oa + e), B::load(ob + e) * B::broadcast(cb)).store(o + e);
+  for (; e < n; ++e) o[e] = ca * oa[e] + cb * ob[e];
+  return M + std::log(sum);
+}
+
 ATTNKIT_END_NAMESPACE

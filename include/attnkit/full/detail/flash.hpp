@@ -33,9 +33,9 @@ class flash_task {
   static constexpr index_t Bc = tiling::Bc;
 
   flash_task(const attention_shape& s, const tensor_view<const T, 4>& q, const tensor_view<const T, 4>& k,
-             const tensor_view<const T, 4>& v, const tensor_view<T, 4>& out,
+             const tensor_view<const T, 4>& v, const tensor_view<T, 4>& out, const tensor_view<T, 3>& lse,
              const tensor_view<const float, 4>& bias, const mask& msk, T qscale)
-      : s_(s), q_(q), k_(k), v_(v), out_(out), bias_(bias), msk_(msk), qscale_(qscale) {}
+      : s_(s), q_(q), k_(k), v_(v), out_(out), lse_(lse), bias_(bias), msk_(msk), qscale_(qscale) {}
 
   void run(index_t b, index_t hkv, index_t col0, int nblk, flash_workspace<T>& ws) const {
     const visibility vis = make_visibility(msk_, b, s_.Lq, s_.Lk);
@@ -87,11 +87,14 @@ class flash_task {
                      static_cast<bool>(bias_), add_bias);
   }
 
-  /// out = O / l; a column that saw no key gets zeros.
+  /// out = O / l; a column that saw no key gets zeros. lse (when given) = ln sum_j exp(logit_j).
   void finish(const flash_columns<T>& cb, index_t b) const {
     write_columns<Arch>(
         cb, 0, s_.dv, cb.ncols, [&](index_t c) { return out_.ptr(b, cb.col_head[c], cb.col_query[c], 0); },
         out_.stride(3));
+    if (lse_)
+      for (index_t c = 0; c < cb.ncols; ++c)
+        lse_(b, cb.col_head[c], cb.col_query[c]) = state_log_sum_exp(cb.m.data()[c], cb.l.data()[c]);
   }
 
   const attention_shape& s_;
@@ -99,6 +102,7 @@ class flash_task {
   const tensor_view<const T, 4>& k_;
   const tensor_view<const T, 4>& v_;
   const tensor_view<T, 4>& out_;
+  const tensor_view<T, 3>& lse_;
   const tensor_view<const float, 4>& bias_;
   const mask& msk_;
   T qscale_;
@@ -111,11 +115,12 @@ inline int flash_blocks_per_task(index_t bhkv, index_t nblk, int threads) {
   return nblk >= 2 && tasks2 >= 2 * static_cast<index_t>(std::max(1, threads)) ? 2 : 1;
 }
 
-/// Runs the tiled kernel over every (b, kv head, column blocks) task.
+/// Runs the tiled kernel over every (b, kv head, column blocks) task; lse may be empty (not written).
 template <class Arch, class T>
 void flash_attention(const attention_shape& s, const tensor_view<const T, 4>& q,
                      const tensor_view<const T, 4>& k, const tensor_view<const T, 4>& v,
-                     const tensor_view<T, 4>& out, const attention_options& opt, double scale) {
+                     const tensor_view<T, 4>& out, const tensor_view<T, 3>& lse, const attention_options& opt,
+                     double scale) {
   using task_t = flash_task<Arch, T>;
   constexpr index_t Br = task_t::Br;
   const index_t cols = s.Lq * s.group();
@@ -133,7 +138,7 @@ void flash_attention(const attention_shape& s, const tensor_view<const T, 4>& q,
   std::vector<flash_workspace<T>> ws;
   ws.reserve(static_cast<std::size_t>(nt));
   for (int t = 0; t < nt; ++t) ws.emplace_back(per_task, s.dk, s.dv, Br, task_t::Bc);
-  const task_t task_fn(s, q, k, v, out, bias, opt.mask, qscale);
+  const task_t task_fn(s, q, k, v, out, lse, bias, opt.mask, qscale);
   parallel_for(ntasks, nt, [&](index_t task, int thread) {
     const index_t bh = task / ntb;
     index_t t = task % ntb;

@@ -1,0 +1,77 @@
+// attnkit: the backward pass of exact attention (docs/design.md §7).
+#pragma once
+
+#include <tuple>
+
+#include "../core/attention_args.hpp"
+#include "../core/simd.hpp"
+#include "attention.hpp"
+#include "detail/backward.hpp"
+#include "options.hpp"
+
+ATTNKIT_BEGIN_NAMESPACE
+
+/// The gradients of full_attention's out with respect to q, k and v, given out and lse from
+/// full_attention(q, k, v, out, lse, options) and dout = dL/dout: dq [B, H, Lq, dk],
+/// dk [B, Hkv, Lk, dk], dv [B, Hkv, Lk, dv] are overwritten (dk and dv of a kv head sum over the
+/// heads that share it). The bias is a constant. Keys no query sees (padding, hidden by every
+/// causal row) get exactly zero, a NaN or Inf in a hidden k or v reaches no gradient, and a query
+/// that sees no key gets dq = 0. The same bits for any thread count. The gradients must overlap
+/// nothing else; on an error (the forward's, or a gradient of the wrong shape) nothing is written.
+/// Memory: per thread, the packed operands of one (b, kv head)'s queries (about 3 x its q and
+/// dout) and one tile; nothing O(Lq Lk).
+template <class Arch = simd::native, class T>
+void full_attention_backward(
+    tensor_view<const detail::identity_t<T>, 4> q, tensor_view<const detail::identity_t<T>, 4> k,
+    tensor_view<const detail::identity_t<T>, 4> v, tensor_view<const detail::identity_t<T>, 4> out,
+    tensor_view<const detail::identity_t<T>, 3> lse, tensor_view<const detail::identity_t<T>, 4> dout,
+    tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor_view<T, 4> dv, const attention_options& options = {}) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "full_attention_backward: float or double");
+  constexpr const char* where = "attnkit::full_attention_backward";
+  using detail::arg;
+  const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out, options.mask, true);
+  auto same = [&](const char* name, const auto& x, const auto& want, const char* like) {
+    detail::require_view(x, where, name);
+    detail::require(x.extents() == want, where, [&] {
+      return std::string(name) + " has shape " + detail::shape_string(x.extents()) + ", expected " +
+             detail::shape_string(want) + " (the shape of " + like + ")";
+    });
+  };
+  same("lse", lse, std::array<index_t, 3>{s.B, s.H, s.Lq}, "out without its last axis");
+  same("dout", dout, out.extents(), "out");
+  same("dq", dq, q.extents(), "q");
+  same("dk", dk, k.extents(), "k");
+  same("dv", dv, v.extents(), "v");
+  const auto& m = options.mask;
+  auto inputs = [&](auto&&... more) {
+    return std::make_tuple(arg("q", q), arg("k", k), arg("v", v), arg("out", out), arg("lse", lse),
+                           arg("dout", dout), arg("mask.key_lengths", m.key_lengths),
+                           arg("mask.bias", m.bias), more...);
+  };
+  std::apply(
+      [&](auto&&... in) {
+        detail::require_output(where, arg("dq", dq), in..., arg("dk", dk), arg("dv", dv));
+      },
+      inputs());
+  std::apply([&](auto&&... in) { detail::require_output(where, arg("dk", dk), in..., arg("dv", dv)); },
+             inputs());
+  std::apply([&](auto&&... in) { detail::require_output(where, arg("dv", dv), in...); }, inputs());
+  detail::check_threads(options.threads, where);
+  const double scale = detail::resolve_scale<T>(options.scale, s.dk, where);
+  if (dq.empty() && dk.empty() && dv.empty()) return;
+  detail::backward_views<T> x{
+      detail::addressable(q),
+      detail::addressable(k),
+      detail::addressable(v),
+      detail::addressable(out),
+      detail::addressable(dout),
+      detail::addressable(lse),
+      dq,
+      dk,
+      dv,
+      m.bias ? detail::broadcast_bias(m.bias, s.B, s.H, s.Lq, s.Lk) : tensor_view<const float, 4>{}};
+  detail::flash_attention_backward<Arch, T>(s, x, options, scale);
+}
+
+ATTNKIT_END_NAMESPACE

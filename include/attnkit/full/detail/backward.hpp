@@ -1,0 +1,282 @@
+// attnkit: the backward pass of exact attention on the engine's block products (docs/design.md §7).
+//
+// FlashAttention-2's form, laid out as the forward is: a column is one query row of one head (the
+// G = H/Hkv heads of a kv head interleaved, column = i*G + g) and tiles are keys x columns, so the
+// columns are the vector lanes and every mask is a per-column key_end. One task per (b, kv head):
+// its columns' Q^T, dO^T, Q and dO rows are packed once; then for each block of Bk keys, dK and dV
+// accumulate in a tile over the column blocks that see the keys, in column order, while dQ^T of
+// each column block accumulates over the key blocks, in key order. Per tile, with P^T recomputed
+// from the forward's log-sum-exp:
+//   S^T  = K_blk Q^T                 P^T = exp2(S^T - lse2)  (0 where a key is hidden)
+//   dV  += P^T dO                    dP^T = V_blk dO^T
+//   dS^T = scale P^T (dP^T - D)      (0 where hidden: a NaN in a hidden v never reaches it)
+//   dK  += dS^T Q                    dQ^T += K_blk^T dS^T  (masked steps: nor does a hidden k)
+// with D = rowsum(dO * O). The order of every sum is fixed by the shape alone, so the bits do not
+// depend on the thread count; nothing is shared between tasks (no atomics).
+#pragma once
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "../../core/attention_args.hpp"
+#include "../../core/flash.hpp"
+#include "../../core/parallel.hpp"
+#include "../options.hpp"
+
+ATTNKIT_BEGIN_NAMESPACE
+namespace detail {
+
+/// The tensors of one backward call.
+template <class T>
+struct backward_views {
+  tensor_view<const T, 4> q, k, v, out, dout;
+  tensor_view<const T, 3> lse;
+  tensor_view<T, 4> dq, dk, dv;
+  tensor_view<const float, 4> bias;  // broadcast to [B, H, Lq, Lk], or empty
+};
+
+inline index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
+
+/// Per-thread scratch of one (b, kv head) task: the columns' packed operands and per-column
+/// values (cols rounded up to whole column blocks), the dQ^T panels, and one tile's buffers.
+template <class T>
+struct backward_workspace {
+  tensor<T, 1> qt, dot, qr, dor, dqt, lse2, dd, kend, st, dpt, dkt, dvt;
+  std::vector<index_t> kmin, kmax;
+  backward_workspace(index_t colsp, index_t br, index_t bk, index_t dk, index_t dv, index_t dkp, index_t dvp)
+      : qt({std::max<index_t>(colsp * dk, 1)}),
+        dot({std::max<index_t>(colsp * dv, 1)}),
+        qr({std::max<index_t>(colsp * dkp, 1)}),
+        dor({std::max<index_t>(colsp * dvp, 1)}),
+        dqt({std::max<index_t>(colsp * dk, 1)}),
+        lse2({colsp}),
+        dd({colsp}),
+        kend({colsp}),
+        st({bk * br}),
+        dpt({bk * br}),
+        dkt({std::max<index_t>(bk * dkp, 1)}),
+        dvt({std::max<index_t>(bk * dvp, 1)}),
+        kmin(static_cast<std::size_t>(colsp / br)),
+        kmax(static_cast<std::size_t>(colsp / br)) {}
+};
+
+template <class Arch, class T>
+class flash_backward_task {
+ public:
+  using B = simd::batch<T, Arch>;
+  using tiling = flash_tiling<T, Arch>;
+  static constexpr int W = B::size, NV = tiling::NV, MR = tiling::MR;
+  static constexpr index_t Br = NV * W;
+  static constexpr index_t Bk = tiling::Bc;
+
+  flash_backward_task(const attention_shape& s, const backward_views<T>& x, const mask& m, double scale)
+      : s_(s),
+        x_(x),
+        m_(m),
+        scale_(static_cast<T>(scale)),
+        qscale_(static_cast<T>(scale * 1.4426950408889634074)) {}
+
+  index_t cols() const { return s_.Lq * s_.group(); }
+  index_t padded_cols() const { return round_up(std::max<index_t>(cols(), 1), Br); }
+  index_t dkp() const { return round_up(s_.dk, W); }
+  index_t dvp() const { return round_up(s_.dv, W); }
+  backward_workspace<T> workspace() const {
+    return backward_workspace<T>(padded_cols(), Br, Bk, s_.dk, s_.dv, dkp(), dvp());
+  }
+
+  void run(index_t b, index_t hkv, backward_workspace<T>& w) const {
+    const index_t kmax = pack(b, hkv, w);
+    const index_t G = s_.group(), nqb = padded_cols() / Br, dkp_ = dkp(), dvp_ = dvp();
+    const T* kb = x_.k.ptr(b, hkv, 0, 0);
+    const T* vb = x_.v.ptr(b, hkv, 0, 0);
+    const index_t ksj = x_.k.stride(2), vsj = x_.v.stride(2);
+    for (index_t j0 = 0; j0 < kmax; j0 += Bk) {
+      const index_t nk = std::min(Bk, kmax - j0);
+      std::fill(w.dkt.data(), w.dkt.data() + nk * dkp_, T(0));
+      std::fill(w.dvt.data(), w.dvt.data() + nk * dvp_, T(0));
+      for (index_t qb = 0; qb < nqb; ++qb) {
+        const index_t qmax = w.kmax[static_cast<std::size_t>(qb)];
+        if (qmax <= j0) continue;  // no column of the block sees these keys
+        tile(b, hkv, qb, j0, std::min(nk, qmax - j0), kb + j0 * ksj, vb + j0 * vsj, w);
+      }
+      for (index_t jj = 0; jj < nk; ++jj) {
+        store_row(x_.dk, b, hkv, j0 + jj, w.dkt.data() + jj * dkp_, s_.dk);
+        store_row(x_.dv, b, hkv, j0 + jj, w.dvt.data() + jj * dvp_, s_.dv);
+      }
+    }
+    // keys no query sees (padding, past every causal row) get exactly zero
+    for (index_t j = kmax; j < s_.Lk; ++j) {
+      store_row(x_.dk, b, hkv, j, nullptr, s_.dk);
+      store_row(x_.dv, b, hkv, j, nullptr, s_.dv);
+    }
+    // dQ^T panels to the rows of dq
+    for (index_t qb = 0; qb < nqb && s_.dk > 0; ++qb) {
+      const index_t c0 = qb * Br, n = std::min(Br, cols() - c0);
+      if (n <= 0) break;
+      auto row = [&](index_t c) { return x_.dq.ptr(b, hkv * G + (c0 + c) % G, (c0 + c) / G, 0); };
+      const T* panel = w.dqt.data() + c0 * s_.dk;
+      if (x_.dq.stride(3) == 1) {
+        panel_to_rows<Arch, T>(n, s_.dk, panel, Br, row);
+      } else {
+        for (index_t c = 0; c < n; ++c)
+          for (index_t p = 0; p < s_.dk; ++p) row(c)[p * x_.dq.stride(3)] = panel[p * Br + c];
+      }
+    }
+  }
+
+ private:
+  /// Packs the task's columns; returns the largest key_end (the keys any column sees).
+  index_t pack(index_t b, index_t hkv, backward_workspace<T>& w) const {
+    constexpr T log2e = T(1.4426950408889634074);
+    const visibility vis = make_visibility(m_, b, s_.Lq, s_.Lk);
+    const index_t G = s_.group(), cols_ = cols(), colsp = padded_cols(), dk = s_.dk, dv = s_.dv;
+    const index_t dkp_ = dkp(), dvp_ = dvp();
+    index_t kmax = 0;
+    for (index_t c = 0; c < colsp; ++c) {
+      T* qr = w.qr.data() + c * dkp_;
+      T* dr = w.dor.data() + c * dvp_;
+      if (c >= cols_) {
+        std::fill(qr, qr + dkp_, T(0));
+        std::fill(dr, dr + dvp_, T(0));
+        w.kend.data()[c] = T(0);
+        w.lse2.data()[c] = std::numeric_limits<T>::infinity();
+        w.dd.data()[c] = T(0);
+        continue;
+      }
+      const index_t i = c / G, h = hkv * G + c % G;
+      const index_t e = vis.key_end(i);
+      kmax = std::max(kmax, e);
+      w.kend.data()[c] = static_cast<T>(e);
+      for (index_t p = 0; p < dk; ++p) qr[p] = x_.q(b, h, i, p);
+      std::fill(qr + dk, qr + dkp_, T(0));
+      T d = T(0);
+      for (index_t p = 0; p < dv; ++p) {
+        dr[p] = x_.dout(b, h, i, p);
+        d += dr[p] * x_.out(b, h, i, p);
+      }
+      std::fill(dr + dv, dr + dvp_, T(0));
+      w.dd.data()[c] = d;
+      // A row that sees no key has lse = -inf: +inf makes its P exactly 0 (never inf - inf).
+      const T l = x_.lse(b, h, i);
+      w.lse2.data()[c] =
+          e > 0 && l > -std::numeric_limits<T>::infinity() ? l * log2e : std::numeric_limits<T>::infinity();
+    }
+    for (index_t qb = 0; qb * Br < colsp; ++qb) {
+      const index_t c0 = qb * Br, n = std::max<index_t>(0, std::min(Br, cols_ - c0));
+      index_t mn = std::numeric_limits<index_t>::max(), mx = 0;
+      for (index_t c = 0; c < n; ++c) {
+        const auto e = static_cast<index_t>(w.kend.data()[c0 + c]);
+        mn = std::min(mn, e), mx = std::max(mx, e);
+      }
+      w.kmin[static_cast<std::size_t>(qb)] = n > 0 ? mn : 0;
+      w.kmax[static_cast<std::size_t>(qb)] = mx;
+      auto qrow = [&](index_t c) { return x_.q.ptr(b, hkv * G + (c0 + c) % G, (c0 + c) / G, 0); };
+      auto drow = [&](index_t c) { return x_.dout.ptr(b, hkv * G + (c0 + c) % G, (c0 + c) / G, 0); };
+      pack_panel<Arch>(w.qt.data() + c0 * dk, Br, dk, n, qrow, x_.q.stride(3), qscale_);
+      pack_panel<Arch>(w.dot.data() + c0 * dv, Br, dv, n, drow, x_.dout.stride(3), T(1));
+    }
+    std::fill(w.dqt.data(), w.dqt.data() + colsp * dk, T(0));
+    return kmax;
+  }
+
+  /// The keys [j0, j0 + nk) (at kp, vp) against column block qb.
+  void tile(index_t b, index_t hkv, index_t qb, index_t j0, index_t nk, const T* kp, const T* vp,
+            backward_workspace<T>& w) const {
+    constexpr T log2e = T(1.4426950408889634074);
+    const index_t c0 = qb * Br, n = std::min(Br, cols() - c0), G = s_.group();
+    const index_t dk = s_.dk, dv = s_.dv, dkp_ = dkp(), dvp_ = dvp();
+    const index_t ksj = x_.k.stride(2), ksd = x_.k.stride(3), vsj = x_.v.stride(2), vsd = x_.v.stride(3);
+    const bool masked = j0 + nk > w.kmin[static_cast<std::size_t>(qb)];
+    T* st = w.st.data();
+    T* dpt = w.dpt.data();
+    const T* kend = w.kend.data() + c0;
+    const T* lse2 = w.lse2.data() + c0;
+    const T* dd = w.dd.data() + c0;
+    // S^T = K_blk Q^T, saturated as in the forward
+    tile_args<T> g1;
+    g1.saturate = logit_bound<T>;
+    block_product<B, MR, NV, false, false, a_layout::unit_col>(nk, dk, kp, ksj, ksd, w.qt.data() + c0 * dk,
+                                                               Br, st, Br, g1);
+    if (x_.bias)
+      for (index_t jj = 0; jj < nk; ++jj)
+        for (index_t c = 0; c < n; ++c) {
+          const index_t i = (c0 + c) / G, h = hkv * G + (c0 + c) % G;
+          st[jj * Br + c] =
+              saturate_logit(st[jj * Br + c] + static_cast<T>(x_.bias(b, h, i, j0 + jj)) * log2e);
+        }
+    // P^T = exp2(S^T - lse2), 0 where the key is hidden from the column
+    const B ninf = B::broadcast(-std::numeric_limits<T>::infinity());
+    for (index_t jj = 0; jj < nk; ++jj) {
+      const B j = B::broadcast(static_cast<T>(j0 + jj));
+      for (int cv = 0; cv < NV; ++cv) {
+        T* sp = st + jj * Br + cv * W;
+        B x = B::load(sp);
+        if (masked) x = select(B::load(kend + cv * W) <= j, ninf, x);
+        exp2_nonpositive(x - B::load(lse2 + cv * W)).store(sp);
+      }
+    }
+    // dV += P^T dO
+    if (dvp_ > 0)
+      panel_product<Arch, true>(nk, n, st, Br, 1, w.dor.data() + c0 * dvp_, dvp_, w.dvt.data(), dvp_, dvp_);
+    // dP^T = V_blk dO^T
+    block_product<B, MR, NV, false, false, a_layout::unit_col>(nk, dv, vp, vsj, vsd, w.dot.data() + c0 * dv,
+                                                               Br, dpt, Br, tile_args<T>{});
+    // dS^T = scale P^T (dP^T - D), 0 where hidden
+    const B sc = B::broadcast(scale_);
+    for (index_t jj = 0; jj < nk; ++jj) {
+      const B j = B::broadcast(static_cast<T>(j0 + jj));
+      for (int cv = 0; cv < NV; ++cv) {
+        T* sp = st + jj * Br + cv * W;
+        B ds = B::load(sp) * (B::load(dpt + jj * Br + cv * W) - B::load(dd + cv * W)) * sc;
+        if (masked) ds = select(B::load(kend + cv * W) <= j, B::zero(), ds);
+        ds.store(sp);
+      }
+    }
+    // dK += dS^T Q
+    if (dkp_ > 0)
+      panel_product<Arch, true>(nk, n, st, Br, 1, w.qr.data() + c0 * dkp_, dkp_, w.dkt.data(), dkp_, dkp_);
+    // dQ^T += K_blk^T dS^T; a masked step keeps a hidden key's k (even NaN) out of the columns
+    tile_args<T> ga;
+    T* dqt = w.dqt.data() + c0 * dk;
+    if (masked) {
+      ga.col_limit = kend;
+      ga.row_base = static_cast<T>(j0);
+      block_product<B, MR, NV, true, true, a_layout::unit_row>(dk, nk, kp, ksd, ksj, st, Br, dqt, Br, ga);
+    } else {
+      block_product<B, MR, NV, true, false, a_layout::unit_row>(dk, nk, kp, ksd, ksj, st, Br, dqt, Br, ga);
+    }
+  }
+
+  /// dst(b, h, j, :) = src[0, n) (zeros when src is null).
+  static void store_row(const tensor_view<T, 4>& dst, index_t b, index_t h, index_t j, const T* src,
+                        index_t n) {
+    T* d = n > 0 ? dst.ptr(b, h, j, 0) : nullptr;
+    const index_t ds = dst.stride(3);
+    for (index_t e = 0; e < n; ++e) d[e * ds] = src ? src[e] : T(0);
+  }
+
+  const attention_shape& s_;
+  const backward_views<T>& x_;
+  const mask& m_;
+  T scale_, qscale_;
+};
+
+/// Runs the backward over every (b, kv head) task.
+template <class Arch, class T>
+void flash_attention_backward(const attention_shape& s, const backward_views<T>& x,
+                              const attention_options& opt, double scale) {
+  using task_t = flash_backward_task<Arch, T>;
+  const task_t task(s, x, opt.mask, scale);
+  const index_t ntasks = s.B * s.Hkv;
+  const int nt = resolve_threads(opt.threads, ntasks);
+  std::vector<backward_workspace<T>> ws;
+  ws.reserve(static_cast<std::size_t>(nt));
+  for (int t = 0; t < nt; ++t) ws.push_back(task.workspace());
+  parallel_for(ntasks, nt, [&](index_t t, int thread) {
+    task.run(t / s.Hkv, t % s.Hkv, ws[static_cast<std::size_t>(thread)]);
+  });
+}
+
+}  // namespace detail
+ATTNKIT_END_NAMESPACE
