@@ -159,8 +159,10 @@ TEMPLATE_TEST_CASE("full_attention_backward: grouped-query heads, dv != dk, Lq !
   struct shape {
     index_t B, H, Hkv, Lq, Lk, dk, dv;
   };
+  // (decode: few rows per kv head, keys in chunks of 512; one kv head: its keys split in parts)
   for (const shape& x :
        {shape{2, 4, 2, 33, 70, 16, 24}, shape{1, 8, 1, 17, 200, 64, 32}, shape{3, 6, 3, 90, 31, 5, 40},
+        shape{2, 4, 1, 2, 1300, 32, 16}, shape{1, 1, 1, 3, 1100, 64, 64}, shape{1, 1, 1, 200, 1000, 16, 16},
         shape{1, 4, 4, 129, 129, 64, 64}, shape{2, 3, 1, 7, 300, 24, 8}, shape{1, 2, 1, 300, 7, 8, 8}})
     for (const causal_mode c : {causal_mode::none, causal_mode::top_left, causal_mode::bottom_right}) {
       spec sp;
@@ -278,29 +280,35 @@ TEMPLATE_TEST_CASE("full_attention_backward: the same bits for any thread count"
                    float, double) {
   using T = TestType;
   std::uint64_t salt = 500;
-  for (const causal_mode c : {causal_mode::none, causal_mode::top_left}) {
-    spec sp;
-    sp.B = 3, sp.H = 4, sp.Hkv = 2, sp.Lq = 150, sp.Lk = 260, sp.dk = 32, sp.dv = 24;
-    sp.causal = c;
-    sp.key_lengths = {260, 100, 7};
-    INFO(describe(sp));
-    const problem<T> p = make_problem<T>(sp, salt);
-    auto gen = seeded_rng(salt++ + 3);
-    auto dout = make_buffer<T>({sp.B, sp.H, sp.Lq, sp.dv}, layout::contiguous);
-    fill_uniform(dout.v, gen, -1.0, 1.0);
-    for_each_arch([&](auto arch) {
-      using Arch = decltype(arch);
-      INFO("arch " << Arch::name);
-      const run_result<T> one = run_backward<Arch>(p, dout, 1);
-      for (const int t : {2, 3, 5}) {
-        INFO(t << " threads");
-        const run_result<T> r = run_backward<Arch>(p, dout, t);
-        require_same_bits(r.dq.cv(), one.dq.cv(), "dq");
-        require_same_bits(r.dk.cv(), one.dk.cv(), "dk");
-        require_same_bits(r.dv.cv(), one.dv.cv(), "dv");
-      }
-    });
-  }
+  // tiled with one part per (b, kv head); tiled with its keys split in parts (one kv head);
+  // split-key decode (few rows, keys in chunks)
+  struct shape {
+    index_t B, H, Hkv, Lq, Lk;
+  };
+  for (const shape& x : {shape{3, 4, 2, 150, 260}, shape{1, 2, 1, 150, 900}, shape{3, 4, 2, 2, 1300}})
+    for (const causal_mode c : {causal_mode::none, causal_mode::top_left}) {
+      spec sp;
+      sp.B = x.B, sp.H = x.H, sp.Hkv = x.Hkv, sp.Lq = x.Lq, sp.Lk = x.Lk, sp.dk = 32, sp.dv = 24;
+      sp.causal = c;
+      if (x.B == 3) sp.key_lengths = {x.Lk, 100, 7};
+      INFO(describe(sp));
+      const problem<T> p = make_problem<T>(sp, salt);
+      auto gen = seeded_rng(salt++ + 3);
+      auto dout = make_buffer<T>({sp.B, sp.H, sp.Lq, sp.dv}, layout::contiguous);
+      fill_uniform(dout.v, gen, -1.0, 1.0);
+      for_each_arch([&](auto arch) {
+        using Arch = decltype(arch);
+        INFO("arch " << Arch::name);
+        const run_result<T> one = run_backward<Arch>(p, dout, 1);
+        for (const int t : {2, 3, 5}) {
+          INFO(t << " threads");
+          const run_result<T> r = run_backward<Arch>(p, dout, t);
+          require_same_bits(r.dq.cv(), one.dq.cv(), "dq");
+          require_same_bits(r.dk.cv(), one.dk.cv(), "dk");
+          require_same_bits(r.dv.cv(), one.dv.cv(), "dv");
+        }
+      });
+    }
 }
 
 TEMPLATE_TEST_CASE("full_attention_backward: NaN and Inf in hidden keys and values reach no gradient",

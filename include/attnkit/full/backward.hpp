@@ -7,6 +7,7 @@
 #include "../core/simd.hpp"
 #include "attention.hpp"
 #include "detail/backward.hpp"
+#include "detail/backward_decode.hpp"
 #include "options.hpp"
 
 ATTNKIT_BEGIN_NAMESPACE
@@ -71,7 +72,12 @@ void full_attention_backward(
       dk,
       dv,
       m.bias ? detail::broadcast_bias(m.bias, s.B, s.H, s.Lq, s.Lk) : tensor_view<const float, 4>{}};
-  detail::flash_attention_backward<Arch, T>(s, x, options, scale);
+  // Few rows per kv head cannot fill a tile (as in the forward): dot products, keys in chunks.
+  constexpr index_t Br = detail::flash_tiling<T, Arch>::NV * simd::batch<T, Arch>::size;
+  if (3 * s.Lq * s.group() <= Br)
+    detail::decode_attention_backward<Arch, T>(s, x, options, scale);
+  else
+    detail::flash_attention_backward<Arch, T>(s, x, options, scale);
 }
 
 ATTNKIT_END_NAMESPACE

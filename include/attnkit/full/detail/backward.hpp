@@ -42,7 +42,7 @@ inline index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
 /// values (cols rounded up to whole column blocks), the dQ^T panels, and one tile's buffers.
 template <class T>
 struct backward_workspace {
-  tensor<T, 1> qt, dot, qr, dor, dqt, lse2, dd, kend, st, dpt, dkt, dvt;
+  tensor<T, 1> qt, dot, qr, dor, dqt, lse2, dd, kend, st, dpt, dkt, dvt;  // dqt: unsplit tasks' dQ^T
   std::vector<index_t> kmin, kmax;
   backward_workspace(index_t colsp, index_t br, index_t bk, index_t dk, index_t dv, index_t dkp, index_t dvp)
       : qt({std::max<index_t>(colsp * dk, 1)}),
@@ -85,20 +85,24 @@ class flash_backward_task {
     return backward_workspace<T>(padded_cols(), Br, Bk, s_.dk, s_.dv, dkp(), dvp());
   }
 
-  void run(index_t b, index_t hkv, backward_workspace<T>& w) const {
+  /// The key blocks [kb0, kb1) of (b, hkv): their dk and dv rows, and their part of dQ^T
+  /// accumulated into dqt (the panels of every column block, zeroed here).
+  void run(index_t b, index_t hkv, index_t kb0, index_t kb1, backward_workspace<T>& w, T* dqt) const {
     const index_t kmax = pack(b, hkv, w);
-    const index_t G = s_.group(), nqb = padded_cols() / Br, dkp_ = dkp(), dvp_ = dvp();
+    std::fill(dqt, dqt + padded_cols() * s_.dk, T(0));
+    const index_t nqb = padded_cols() / Br, dkp_ = dkp(), dvp_ = dvp();
     const T* kb = x_.k.ptr(b, hkv, 0, 0);
     const T* vb = x_.v.ptr(b, hkv, 0, 0);
     const index_t ksj = x_.k.stride(2), vsj = x_.v.stride(2);
-    for (index_t j0 = 0; j0 < kmax; j0 += Bk) {
+    const index_t ja = kb0 * Bk, jz = std::min(kb1 * Bk, s_.Lk);
+    for (index_t j0 = ja; j0 < std::min(jz, kmax); j0 += Bk) {
       const index_t nk = std::min(Bk, kmax - j0);
       std::fill(w.dkt.data(), w.dkt.data() + nk * dkp_, T(0));
       std::fill(w.dvt.data(), w.dvt.data() + nk * dvp_, T(0));
       for (index_t qb = 0; qb < nqb; ++qb) {
         const index_t qmax = w.kmax[static_cast<std::size_t>(qb)];
         if (qmax <= j0) continue;  // no column of the block sees these keys
-        tile(b, hkv, qb, j0, std::min(nk, qmax - j0), kb + j0 * ksj, vb + j0 * vsj, w);
+        tile(b, hkv, qb, j0, std::min(nk, qmax - j0), kb + j0 * ksj, vb + j0 * vsj, w, dqt);
       }
       for (index_t jj = 0; jj < nk; ++jj) {
         store_row(x_.dk, b, hkv, j0 + jj, w.dkt.data() + jj * dkp_, s_.dk);
@@ -106,16 +110,22 @@ class flash_backward_task {
       }
     }
     // keys no query sees (padding, past every causal row) get exactly zero
-    for (index_t j = kmax; j < s_.Lk; ++j) {
+    for (index_t j = std::max(ja, kmax); j < jz; ++j) {
       store_row(x_.dk, b, hkv, j, nullptr, s_.dk);
       store_row(x_.dv, b, hkv, j, nullptr, s_.dv);
     }
-    // dQ^T panels to the rows of dq
-    for (index_t qb = 0; qb < nqb && s_.dk > 0; ++qb) {
-      const index_t c0 = qb * Br, n = std::min(Br, cols() - c0);
-      if (n <= 0) break;
+  }
+
+  /// dq of (b, hkv)'s columns = the sum of the nparts dQ^T panel sets at dqt (stride: one set), in
+  /// order.
+  void write_dq(index_t b, index_t hkv, T* dqt, index_t nparts) const {
+    const index_t G = s_.group(), set = padded_cols() * s_.dk;
+    for (index_t p = 1; p < nparts; ++p)
+      for (index_t e = 0; e < set; ++e) dqt[e] += dqt[p * set + e];
+    for (index_t c0 = 0; c0 < cols() && s_.dk > 0; c0 += Br) {
+      const index_t n = std::min(Br, cols() - c0);
       auto row = [&](index_t c) { return x_.dq.ptr(b, hkv * G + (c0 + c) % G, (c0 + c) / G, 0); };
-      const T* panel = w.dqt.data() + c0 * s_.dk;
+      const T* panel = dqt + c0 * s_.dk;
       if (x_.dq.stride(3) == 1) {
         panel_to_rows<Arch, T>(n, s_.dk, panel, Br, row);
       } else {
@@ -176,13 +186,12 @@ class flash_backward_task {
       pack_panel<Arch>(w.qt.data() + c0 * dk, Br, dk, n, qrow, x_.q.stride(3), qscale_);
       pack_panel<Arch>(w.dot.data() + c0 * dv, Br, dv, n, drow, x_.dout.stride(3), T(1));
     }
-    std::fill(w.dqt.data(), w.dqt.data() + colsp * dk, T(0));
     return kmax;
   }
 
   /// The keys [j0, j0 + nk) (at kp, vp) against column block qb.
   void tile(index_t b, index_t hkv, index_t qb, index_t j0, index_t nk, const T* kp, const T* vp,
-            backward_workspace<T>& w) const {
+            backward_workspace<T>& w, T* dqt_all) const {
     constexpr T log2e = T(1.4426950408889634074);
     const index_t c0 = qb * Br, n = std::min(Br, cols() - c0), G = s_.group();
     const index_t dk = s_.dk, dv = s_.dv, dkp_ = dkp(), dvp_ = dvp();
@@ -238,7 +247,7 @@ class flash_backward_task {
       panel_product<Arch, true>(nk, n, st, Br, 1, w.qr.data() + c0 * dkp_, dkp_, w.dkt.data(), dkp_, dkp_);
     // dQ^T += K_blk^T dS^T; a masked step keeps a hidden key's k (even NaN) out of the columns
     tile_args<T> ga;
-    T* dqt = w.dqt.data() + c0 * dk;
+    T* dqt = dqt_all + c0 * dk;
     if (masked) {
       ga.col_limit = kend;
       ga.row_base = static_cast<T>(j0);
@@ -262,20 +271,40 @@ class flash_backward_task {
   T scale_, qscale_;
 };
 
-/// Runs the backward over every (b, kv head) task.
+/// Key-block parts per (b, kv head): enough tasks for 8 threads when there are few kv heads, each
+/// part with its own dQ^T (summed in part order). A function of the shape alone, never of the
+/// thread count, so neither are the bits.
+inline index_t backward_parts(index_t bhkv, index_t key_blocks) {
+  if (bhkv <= 0 || bhkv >= 8) return 1;
+  return std::clamp<index_t>(8 / bhkv, 1, std::max<index_t>(key_blocks, 1));
+}
+
+/// Runs the backward over every (b, kv head, part) task.
 template <class Arch, class T>
 void flash_attention_backward(const attention_shape& s, const backward_views<T>& x,
                               const attention_options& opt, double scale) {
   using task_t = flash_backward_task<Arch, T>;
   const task_t task(s, x, opt.mask, scale);
-  const index_t ntasks = s.B * s.Hkv;
+  const index_t bhkv = s.B * s.Hkv, nkb = (s.Lk + task_t::Bk - 1) / task_t::Bk;
+  const index_t parts = backward_parts(bhkv, nkb), per = (nkb + parts - 1) / parts;
+  const index_t ntasks = bhkv * parts;
   const int nt = resolve_threads(opt.threads, ntasks);
   std::vector<backward_workspace<T>> ws;
   ws.reserve(static_cast<std::size_t>(nt));
   for (int t = 0; t < nt; ++t) ws.push_back(task.workspace());
+  const index_t set = task.padded_cols() * s.dk;
+  tensor<T, 1> partial({parts > 1 ? std::max<index_t>(ntasks * set, 1) : 1});
   parallel_for(ntasks, nt, [&](index_t t, int thread) {
-    task.run(t / s.Hkv, t % s.Hkv, ws[static_cast<std::size_t>(thread)]);
+    const index_t bh = t / parts, p = t % parts;
+    auto& w = ws[static_cast<std::size_t>(thread)];
+    T* dqt = parts > 1 ? partial.data() + t * set : w.dqt.data();
+    task.run(bh / s.Hkv, bh % s.Hkv, p * per, (p + 1) * per, w, dqt);
+    if (parts == 1) task.write_dq(bh / s.Hkv, bh % s.Hkv, dqt, 1);
   });
+  if (parts > 1)
+    parallel_for(bhkv, nt, [&](index_t bh, int) {
+      task.write_dq(bh / s.Hkv, bh % s.Hkv, partial.data() + bh * parts * set, parts);
+    });
 }
 
 }  // namespace detail
