@@ -10,6 +10,14 @@
 // non-causal (its cost does not depend on the mask), 1 thread (it is serial). decode: Lq = 1,
 // Lk = 32768, d = 128, whole calls. Long calls are timed on samples of their rows and heads (see
 // common.hpp).
+// Training: train_forward (full_attention with lse), train_backward (full_attention_backward
+// alone) and train_step (both), d in {64, 128}, L in {512 .. 16384}, H = 8, and grouped-query
+// heads (H = 32 over Hkv = 8, d = 128, L in {1024, 2048, 4096}, beside full_attention on them),
+// causal and not, threads 1 and all; sampled like the forward (rows and heads), GFLOP/s counting
+// 4, 10 and 14 Lq Lk d per head.
+//
+//   bench_attention --benchmark_filter='^(peak|(full_attention|train_.*)/d:64/L:4096/)'
+//
 // FAVOR+ (favor_attention, softmax_positive, m = 256 orthogonal features, seed 1): d = 64,
 // L in {512 .. 65536}, causal and not, threads 1 and all; timed on whole calls or slices of heads
 // (its key pass runs over all keys, so no block of query rows is representative), GFLOP/s counting
@@ -273,6 +281,38 @@ int main(int argc, char** argv) {
           ab::register_attention(ab::attention_name("full_attention", spec, t), spec, t,
                                  ab::full_attention_fn());
         }
+
+  // Training: the forward with its log-sum-exp, the backward alone and both, beside the forward
+  // above (the same shapes and threads) and on grouped-query heads (32 query heads over 8 kv
+  // heads). GFLOP/s count 4, 10 and 14 Lq Lk d per head (visible pairs only when causal).
+  auto register_training = [](const ab::attention_spec& spec, int t) {
+    const std::pair<const char*, ab::training_step> steps[] = {
+        {"train_forward", ab::training_step::forward_lse},
+        {"train_backward", ab::training_step::backward},
+        {"train_step", ab::training_step::both}};
+    for (auto [family, step] : steps) {
+      ab::sampling smp;
+      smp.flop_factor = ab::training_flop_factor(step);
+      // The backward's samples keep every head (its key blocks split in parts when there are few
+      // kv heads: a sample of fewer heads would run another schedule) and hundreds of rows (every
+      // key block's dK / dV tile is written once per sample, as once per call).
+      if (step != ab::training_step::forward_lse) smp.scale = 32;
+      ab::register_attention(ab::attention_name(family, spec, t), spec, t, ab::training_fn(step), smp);
+    }
+  };
+  for (index_t d : dims)
+    for (index_t L : {index_t(512), index_t(1024), index_t(2048), index_t(4096), index_t(16384)})
+      for (causal_mode c : {causal_mode::none, causal_mode::top_left})
+        for (int t : ab::config().threads) register_training(ab::attention_spec::self(L, d, 8, c), t);
+  for (index_t L : {index_t(1024), index_t(2048), index_t(4096)})
+    for (causal_mode c : {causal_mode::none, causal_mode::top_left})
+      for (int t : ab::config().threads) {
+        auto spec = ab::attention_spec::self(L, 128, 32, c);
+        spec.Hkv = 8;
+        ab::register_attention(ab::attention_name("full_attention", spec, t), spec, t,
+                               ab::full_attention_fn());
+        register_training(spec, t);
+      }
 
   // The reference reaches a few tens of GFLOP/s: 1/6 of the sample FLOPs keeps a repetition short.
   for (index_t d : dims)

@@ -178,6 +178,9 @@ struct sampling {
   /// slices of heads only (plan_head_samples, how = heads or none, heads a multiple of the thread
   /// count), and GFLOP/s and pct_peak count these FLOPs.
   head_flops_fn cost;
+  /// The operator costs flop_factor x exact attention's FLOPs (e.g. 2.5 for the backward): samples
+  /// are planned and the rates counted with it.
+  double flop_factor = 1.0;
 };
 
 /// Registers one attention benchmark: `fn` on `spec` with attention_options::threads = threads.
@@ -187,7 +190,8 @@ inline benchmark::internal::Benchmark* register_attention(const std::string& nam
                                                           int threads, attention_fn fn, sampling smp = {},
                                                           attention_counters which = {}) {
   const double target =
-      smp.flops > 0 ? smp.flops : config().sample_gflop * 1e9 * smp.scale * std::max(1, threads);
+      (smp.flops > 0 ? smp.flops : config().sample_gflop * 1e9 * smp.scale * std::max(1, threads)) /
+      smp.flop_factor;
   // Row slices keep >= 2 tiles per thread; head-only slicing (decode) has many tasks per head.
   const index_t min_tiles = smp.how == slicing::heads_and_rows ? 2 * threads : 1;
   const sample_plan plan = smp.cost ? plan_head_samples(spec, target, smp.cost, smp.how, std::max(1, threads))
@@ -202,8 +206,9 @@ inline benchmark::internal::Benchmark* register_attention(const std::string& nam
       st.SkipWithError(e.what());
       return;
     }
-    if (which.gflops) set_flop_counters(st, plan.full_flops, threads);
-    if (which.dense) st.counters["dense_GFLOP/s"] = rate(dense_attention_flops(spec) * 1e-9);
+    if (which.gflops) set_flop_counters(st, smp.flop_factor * plan.full_flops, threads);
+    if (which.dense)
+      st.counters["dense_GFLOP/s"] = rate(smp.flop_factor * dense_attention_flops(spec) * 1e-9);
     if (which.kv_bytes) st.counters["KV_GB/s"] = rate(kv_bytes(spec) * 1e-9);
     st.SetLabel(plan.describe());
   });

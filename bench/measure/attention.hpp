@@ -2,6 +2,9 @@
 // counts.
 #pragma once
 
+#include <map>
+#include <tuple>
+
 #include "timing.hpp"
 
 namespace attnkit_bench {
@@ -295,6 +298,56 @@ inline attention_fn reference_attention_fn(int eigen_threads = 1) {
     Eigen::setNbThreads(eigen_threads);
     attnkit::reference::attention(q, k, v, out, o);
     Eigen::setNbThreads(saved);
+  };
+}
+
+/// What a training benchmark of exact attention times.
+enum class training_step {
+  forward_lse,  ///< full_attention with the log-sum-exp output (4 Lq Lk d FLOPs per head)
+  backward,     ///< full_attention_backward alone, from a forward run once per slice (10 Lq Lk d)
+  both          ///< forward with lse, then backward (14 Lq Lk d)
+};
+/// Exact attention's FLOPs of one step, as a multiple of the forward's.
+inline double training_flop_factor(training_step s) {
+  return s == training_step::forward_lse ? 1.0 : s == training_step::backward ? 2.5 : 3.5;
+}
+
+/// full_attention(..., lse) and full_attention_backward as an attention_fn: per slice of the
+/// sample (told apart by the address of its q and its keys), the buffers of lse, dout and the
+/// gradients are made on its first call (and, for `backward`, out and lse by one forward), so the
+/// timed calls allocate nothing.
+inline attention_fn training_fn(training_step step) {
+  struct slice_state {
+    attnkit::tensor<float, 4> out, dout, dq, dk, dv;
+    attnkit::tensor<float, 3> lse;
+  };
+  return [step](const f4_cview& q, const f4_cview& k, const f4_cview& v, const f4_view& out,
+                const attnkit::attention_options& o) {
+    // shared by every training benchmark, and emptied when it holds more than one sample's
+    // slices: the buffers of earlier benchmarks do not pile up
+    using key = std::tuple<int, const float*, std::array<index_t, 4>, index_t>;
+    static std::map<key, slice_state> states;
+    const key id{static_cast<int>(step), q.data(), q.extents(), k.extent(2)};
+    if (states.size() >= 8 && states.find(id) == states.end()) states.clear();
+    auto [it, fresh] = states.try_emplace(id);
+    slice_state& s = it->second;
+    if (fresh) {
+      s.lse = attnkit::tensor<float, 3>({q.extent(0), q.extent(1), q.extent(2)});
+      if (step != training_step::forward_lse) {
+        s.out = attnkit::tensor<float, 4>(out.extents());
+        s.dout = attnkit::tensor<float, 4>(out.extents());
+        fill_uniform(s.dout, 7);
+        s.dq = attnkit::tensor<float, 4>(q.extents());
+        s.dk = attnkit::tensor<float, 4>(k.extents());
+        s.dv = attnkit::tensor<float, 4>(v.extents());
+        attnkit::full_attention(q, k, v, s.out.view(), s.lse.view(), o);
+      }
+    }
+    if (step != training_step::backward) attnkit::full_attention(q, k, v, out, s.lse.view(), o);
+    if (step == training_step::forward_lse) return;
+    const f4_cview o_used = step == training_step::both ? f4_cview(out) : s.out.cview();
+    attnkit::full_attention_backward(q, k, v, o_used, s.lse.cview(), s.dout.cview(), s.dq.view(), s.dk.view(),
+                                     s.dv.view(), o);
   };
 }
 
