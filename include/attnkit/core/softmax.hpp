@@ -137,7 +137,7 @@ inline T state_log_sum_exp(T m2, T l) {
   return l > T(0) ? (m2 + std::log2(l)) * ln2 : -std::numeric_limits<T>::infinity();
 }
 
-/// The merge of two normalized attention states over disjoint key sets (docs/design.md §7): the
+/// The merge of two normalized attention states over disjoint key sets (docs/design.md §1.3): the
 /// outputs oa, ob (n elements each) with natural-log log-sum-exps la, lb become the state of the
 /// union, written to o (which may be oa or ob) with its log-sum-exp returned. A state with
 /// lse == -inf saw no key and is neutral: its output is not read (it may hold anything); two such

@@ -79,7 +79,7 @@ void full_attention(tensor_view<const detail::identity_t<T>, 4> q,
 
 /// Attention over two disjoint key sets merged into attention over their union: with
 /// w = exp(lse_x - max(lse_a, lse_b)), out = (w_a out_a + w_b out_b) / (w_a + w_b) and
-/// lse = max + ln(w_a + w_b), row by row (docs/design.md §7). out [B, H, L, dv], lse [B, H, L]; a
+/// lse = max + ln(w_a + w_b), row by row (docs/design.md §1.3). out [B, H, L, dv], lse [B, H, L]; a
 /// state with lse = -inf is neutral (its output is not read). out may be out_a or out_b and lse
 /// lse_a or lse_b (the same view: in place); otherwise outputs overlap nothing.
 template <class Arch = simd::native, class T>

@@ -1,4 +1,4 @@
-// attnkit: the backward pass of exact attention (docs/design.md §7).
+// attnkit: the backward pass of exact attention (docs/design.md §4.1).
 #pragma once
 
 #include <tuple>

@@ -1,4 +1,4 @@
-// attnkit: the backward pass of exact attention on the engine's block products (docs/design.md §7).
+// attnkit: the backward pass of exact attention on the engine's block products (docs/design.md §4.1).
 //
 // FlashAttention-2's form, laid out as the forward is: a column is one query row of one head (the
 // G = H/Hkv heads of a kv head interleaved, column = i*G + g) and tiles are keys x columns, so the

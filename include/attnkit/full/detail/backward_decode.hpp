@@ -1,4 +1,4 @@
-// attnkit: the backward of exact attention for few query rows over many keys (docs/design.md §7).
+// attnkit: the backward of exact attention for few query rows over many keys (docs/design.md §4.1).
 //
 // With Lq * H/Hkv rows per kv head too few to fill a tile (the shape decode.hpp serves forward),
 // each (row, key) pair is a handful of dot products and axpys over d. Tasks are (b, kv head, chunk

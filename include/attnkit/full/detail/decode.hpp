@@ -4,7 +4,7 @@
 // is computed with dot products over d. The keys are split into fixed chunks of decode_chunk
 // (independent of the thread count, so results do not depend on it); each (b, kv head, chunk)
 // task leaves a partial state (normalized output and log-sum-exp) per row, and a second pass merges
-// the chunks in order with merge_state_row, the kernel of merge_attention_states (docs/design.md §7).
+// the chunks in order with merge_state_row, the kernel of merge_attention_states (docs/design.md §1.3).
 #pragma once
 
 #include <algorithm>
