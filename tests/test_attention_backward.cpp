@@ -25,6 +25,7 @@
 #include "reference/attention_problem.hpp"
 #include "reference/attention_ref.hpp"
 #include "reference/common.hpp"
+#include "reference/golden_text.hpp"
 #include "reference/kernel_instances.hpp"
 
 namespace {
@@ -510,4 +511,58 @@ TEST_CASE("full_attention_backward and merge_attention_states: invalid arguments
   REQUIRE_THROWS_AS(attnkit::merge_attention_states(out.cview(), lse.cview(), out.cview(), bad_lse.cview(),
                                                     o2.view(), lse.view()),
                     invalid_argument);
+}
+
+TEMPLATE_TEST_CASE("full_attention_backward equals PyTorch autograd (tools/attention_grad_golden.py)",
+                   "[backward][golden]", float, double) {
+  // Golden values in float64 from torch autograd of softmax attention with masks (GQA by
+  // repeat_interleave, so autograd sums dk and dv over the group); every case has <= 13 keys and
+  // O(1) values. double: a few ulp of O(10) sums: 1e-12 (1 + |ref|). float: the inputs rounded to
+  // float (2^-24 relative) move the logits by ~dk 2^-24 and the gradients by as much relative to
+  // their O(10) terms, plus the fp32 sums: 2e-5 (1 + |ref|) is ~20x that.
+  using T = TestType;
+  const double tol = std::is_same_v<T, float> ? 2e-5 : 1e-12;
+  int n = 0;
+  for (const golden_case& c : read_golden("attention_grad_golden.txt")) {
+    REQUIRE(c.head.size() >= 11);
+    const index_t B = c.word(1), H = c.word(2), Hkv = c.word(3), Lq = c.word(4), Lk = c.word(5),
+                  dk = c.word(6), dv = c.word(7);
+    const std::string causal = c.head[8];
+    INFO("case " << n << ": B=" << B << " H=" << H << " Hkv=" << Hkv << " Lq=" << Lq << " Lk=" << Lk
+                 << " causal " << causal);
+    ++n;
+    attnkit::attention_options opt;
+    opt.scale = std::stod(c.head[9]);
+    opt.mask.causal = causal == "top_left"       ? causal_mode::top_left
+                      : causal == "bottom_right" ? causal_mode::bottom_right
+                                                 : causal_mode::none;
+    std::vector<std::int64_t> lens;
+    for (index_t b = 0; b < c.word(10); ++b) lens.push_back(c.word(11 + static_cast<std::size_t>(b)));
+    if (!lens.empty()) opt.mask.key_lengths = view<const std::int64_t, 1>(lens.data(), {B}, {1});
+    REQUIRE(c.data.size() == 9);
+    const auto q = tensor_of<T, 4>(c.data[0], {B, H, Lq, dk});
+    const auto k = tensor_of<T, 4>(c.data[1], {B, Hkv, Lk, dk});
+    const auto v = tensor_of<T, 4>(c.data[2], {B, Hkv, Lk, dv});
+    const auto dout = tensor_of<T, 4>(c.data[3], {B, H, Lq, dv});
+    const auto want_out = tensor_of<double, 4>(c.data[4], {B, H, Lq, dv});
+    const auto want_lse = tensor_of<double, 3>(c.data[5], {B, H, Lq});
+    const auto want_dq = tensor_of<double, 4>(c.data[6], {B, H, Lq, dk});
+    const auto want_dk = tensor_of<double, 4>(c.data[7], {B, Hkv, Lk, dk});
+    const auto want_dv = tensor_of<double, 4>(c.data[8], {B, Hkv, Lk, dv});
+    for_each_arch([&](auto arch) {
+      using Arch = decltype(arch);
+      INFO("arch " << Arch::name);
+      attnkit::tensor<T, 4> out({B, H, Lq, dv}), dq(q.extents()), dK(k.extents()), dV(v.extents());
+      attnkit::tensor<T, 3> lse({B, H, Lq});
+      attnkit::full_attention<Arch>(q.cview(), k.cview(), v.cview(), out.view(), lse.view(), opt);
+      attnkit::full_attention_backward<Arch>(q.cview(), k.cview(), v.cview(), out.cview(), lse.cview(),
+                                             dout.cview(), dq.view(), dK.view(), dV.view(), opt);
+      require_close(out.cview(), want_out.cview(), tol, tol, "out");
+      require_close(lse.cview(), want_lse.cview(), tol, tol, "lse");
+      require_close(dq.cview(), want_dq.cview(), tol, tol, "dq");
+      require_close(dK.cview(), want_dk.cview(), tol, tol, "dk");
+      require_close(dV.cview(), want_dv.cview(), tol, tol, "dv");
+    });
+  }
+  CHECK(n == 4);
 }

@@ -13,54 +13,14 @@
 #include <attnkit/coatnet/relative_attention.hpp>
 
 #include "reference/common.hpp"
-
-#ifndef ATTNKIT_TEST_DATA_DIR
-#error "ATTNKIT_TEST_DATA_DIR: the directory of tests/data (set by tests/CMakeLists.txt)"
-#endif
+#include "reference/golden_text.hpp"
 
 namespace {
 using namespace attnkit_test;
 using attnkit::index_t;
 
-/// One case of the golden file: its header words and its value lines.
-struct golden_case {
-  std::vector<std::string> head;
-  std::vector<std::vector<double>> data;
-};
-
-std::vector<golden_case> read_golden() {
-  std::ifstream f(std::string(ATTNKIT_TEST_DATA_DIR) + "/relative_golden.txt");
-  REQUIRE(f.good());
-  std::vector<golden_case> cases;
-  std::string line;
-  while (std::getline(f, line)) {
-    std::istringstream is(line);
-    std::string first;
-    is >> first;
-    if (first == "resize" || first == "attn") {
-      cases.emplace_back();
-      cases.back().head.push_back(first);
-      for (std::string w; is >> w;) cases.back().head.push_back(w);
-    } else {
-      REQUIRE(!cases.empty());
-      std::vector<double> v;
-      std::istringstream vs(line);
-      for (double x; vs >> x;) v.push_back(x);
-      cases.back().data.push_back(std::move(v));
-    }
-  }
-  return cases;
-}
-
-template <class T, std::size_t R>
-attnkit::tensor<T, R> tensor_of(const std::vector<double>& v, const std::array<index_t, R>& ext) {
-  attnkit::tensor<T, R> t(ext);
-  REQUIRE(static_cast<index_t>(v.size()) == t.size());
-  for (std::size_t i = 0; i < v.size(); ++i) t.data()[i] = static_cast<T>(v[i]);
-  return t;
-}
-
-index_t word(const golden_case& c, std::size_t i) { return std::stol(c.head[i]); }
+std::vector<golden_case> read_golden() { return attnkit_test::read_golden("relative_golden.txt"); }
+index_t word(const golden_case& c, std::size_t i) { return c.word(i); }
 }  // namespace
 
 TEST_CASE("relative golden: resize_relative_table equals torch bicubic (timm's table resize)",
