@@ -260,9 +260,12 @@ TEST_CASE("full_attention_backward: directional finite differences in double", "
         INFO("arch " << Arch::name);
         auto f = [&](double t) {
           problem<double> x = make_problem<double>(sp, salt - 1);
-          for (auto [in, u] : {std::pair{&x.q, &uq}, std::pair{&x.k, &uk}, std::pair{&x.v, &uv}})
+          for (const auto& pair : {std::pair{&x.q, &uq}, std::pair{&x.k, &uk}, std::pair{&x.v, &uv}}) {
+            strided_buffer<double>* in = pair.first;
+            const strided_buffer<double>* u = pair.second;
             for_each_index(in->v.extents(),
                            [&](const std::array<index_t, 4>& ix) { at(in->v, ix) += t * at(u->cv(), ix); });
+          }
           attnkit::tensor<double, 4> out({sp.B, sp.H, sp.Lq, sp.dv});
           attnkit::full_attention<Arch>(x.q.cv(), x.k.cv(), x.v.cv(), out.view(), x.opt);
           return dot(out.cview(), dout.cv());

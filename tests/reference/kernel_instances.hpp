@@ -30,7 +30,7 @@
   EXTERN template void attnkit::full_attention_backward<attnkit::simd::ARCH, T>(                            \
       attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
       attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 3>, attnkit::tensor_view<const T, 4>, \
-      attnkit::tensor_view<T, 4>, attnkit::tensor_view<T, 4>, attnkit::tensor_view<T, 4>,                  \
+      attnkit::tensor_view<T, 4>, attnkit::tensor_view<T, 4>, attnkit::tensor_view<T, 4>,                   \
       const attnkit::attention_options&);                                                                   \
   EXTERN template void attnkit::favor_attention<attnkit::simd::ARCH, T>(                                    \
       attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -46,7 +47,9 @@ void relative_attention_2d(tensor_view<const detail::identity_t<T>, 4> q,
                       options.offset == relative_offset::query_minus_key,
                   where, "options.offset is not a relative_offset value");
   const index_t H = grid.rows, W = grid.cols;
-  detail::require(detail::grid_covers(H, W, s.Lq) && s.Lq == s.Lk, where, [&] {
+  // (2H - 1 and 2W - 1 below must not overflow: an empty sequence admits a grid of 0 x huge)
+  constexpr index_t half = std::numeric_limits<index_t>::max() / 2;
+  detail::require(detail::grid_covers(H, W, s.Lq) && s.Lq == s.Lk && H <= half && W <= half, where, [&] {
     return std::string("grid is " + std::to_string(H) + " x " + std::to_string(W) +
                        ": rows * cols must equal the sequence length (Lq = " + std::to_string(s.Lq) +
                        ", Lk = " + std::to_string(s.Lk) + ", self-attention on the grid)");
