@@ -569,3 +569,38 @@ TEMPLATE_TEST_CASE("full_attention_backward equals PyTorch autograd (tools/atten
   }
   CHECK(n == 4);
 }
+
+TEMPLATE_TEST_CASE("full_attention: tied saturated logits over several key chunks weigh every key alike",
+                   "[backward][logits]", float, double) {
+  // Every logit ties at the saturation bound (scale 1e38 on unit q and k): softmax is uniform, so
+  // out = mean(v) whatever the decode path's chunks hold (512 + 88 keys here): the chunks merge as
+  // (m, l) states, never through a log-sum-exp that would swallow their key counts. (The backward
+  // recomputes P from lse and is not exact at such logits: docs/design.md §4.1.)
+  using T = TestType;
+  for (const index_t lq : {1, 40}) {
+    INFO("Lq = " << lq);
+    const index_t Lk = 600, d = 4;
+    attnkit::tensor<T, 4> q({1, 1, lq, d}), k({1, 1, Lk, d}), v({1, 1, Lk, d}), out({1, 1, lq, d});
+    attnkit::tensor<T, 3> lse({1, 1, lq});
+    auto gen = seeded_rng(900);
+    for (index_t i = 0; i < q.size(); ++i) q.data()[i] = T(1);
+    for (index_t i = 0; i < k.size(); ++i) k.data()[i] = T(1);
+    fill_uniform(v.view(), gen, -1.0, 1.0);
+    attnkit::attention_options opt;
+    opt.scale = 1e38;
+    attnkit::tensor<double, 4> want(out.extents());
+    for (index_t e = 0; e < d; ++e) {
+      double m = 0;
+      for (index_t j = 0; j < Lk; ++j) m += static_cast<double>(v(0, 0, j, e));
+      for (index_t i = 0; i < lq; ++i) want(0, 0, i, e) = m / Lk;
+    }
+    for_each_arch([&](auto arch) {
+      using Arch = decltype(arch);
+      INFO("arch " << Arch::name);
+      attnkit::full_attention<Arch>(q.cview(), k.cview(), v.cview(), out.view(), lse.view(), opt);
+      // float: sums of 600 terms of magnitude <= 1 in fp32 (a few 1e-7 relative to 600, over 600)
+      const double tol = std::is_same_v<T, float> ? 2e-6 : 1e-13;
+      require_close(out.cview(), want.cview(), tol, 0.0, "out = mean(v)");
+    });
+  }
+}

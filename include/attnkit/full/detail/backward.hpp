@@ -138,7 +138,6 @@ class flash_backward_task {
  private:
   /// Packs the task's columns; returns the largest key_end (the keys any column sees).
   index_t pack(index_t b, index_t hkv, backward_workspace<T>& w) const {
-    constexpr T log2e = T(1.4426950408889634074);
     const visibility vis = make_visibility(m_, b, s_.Lq, s_.Lk);
     const index_t G = s_.group(), cols_ = cols(), colsp = padded_cols(), dk = s_.dk, dv = s_.dv;
     const index_t dkp_ = dkp(), dvp_ = dvp();
@@ -169,8 +168,9 @@ class flash_backward_task {
       w.dd.data()[c] = d;
       // A row that sees no key has lse = -inf: +inf makes its P exactly 0 (never inf - inf).
       const T l = x_.lse(b, h, i);
-      w.lse2.data()[c] =
-          e > 0 && l > -std::numeric_limits<T>::infinity() ? l * log2e : std::numeric_limits<T>::infinity();
+      w.lse2.data()[c] = e > 0 && l > -std::numeric_limits<T>::infinity()
+                             ? static_cast<T>(static_cast<double>(l) * 1.4426950408889634074)
+                             : std::numeric_limits<T>::infinity();
     }
     for (index_t qb = 0; qb * Br < colsp; ++qb) {
       const index_t c0 = qb * Br, n = std::max<index_t>(0, std::min(Br, cols_ - c0));
@@ -222,7 +222,8 @@ class flash_backward_task {
         T* sp = st + jj * Br + cv * W;
         B x = B::load(sp);
         if (masked) x = select(B::load(kend + cv * W) <= j, ninf, x);
-        exp2_nonpositive(x - B::load(lse2 + cv * W)).store(sp);
+        // <= 0 exactly: lse is rounded, and with saturated logits s2 - lse2 may be an ulp of ~1e37
+        exp2_nonpositive(min(x - B::load(lse2 + cv * W), B::zero())).store(sp);
       }
     }
     // dV += P^T dO

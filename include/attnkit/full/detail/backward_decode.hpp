@@ -61,7 +61,7 @@ void decode_attention_backward(const attention_shape& s, const backward_views<T>
       const T l = x.lse(b, h, i);
       dr[dv] = d;
       dr[dv + 1] = vis.key_end(i) > 0 && l > -std::numeric_limits<T>::infinity()
-                       ? l * log2e
+                       ? static_cast<T>(static_cast<double>(l) * 1.4426950408889634074)
                        : std::numeric_limits<T>::infinity();
       kend = std::max(kend, vis.key_end(i));
     }
@@ -80,7 +80,7 @@ void decode_attention_backward(const attention_shape& s, const backward_views<T>
           const T* dr = qn + dk;
           T sj = saturate_logit(dot<Arch>(qs, krow, dk));
           if (x.bias) sj = saturate_logit(sj + static_cast<T>(x.bias(b, h, i, j)) * log2e);
-          const T pj = exp2_nonpositive(simd::batch<T, simd::scalar>{sj - dr[dv + 1]}).v;
+          const T pj = exp2_nonpositive(simd::batch<T, simd::scalar>{std::min(sj - dr[dv + 1], T(0))}).v;
           axpy<Arch>(dv, pj, dr, gv);
           const T ds = pj * (dot<Arch>(dr, vrow, dv) - dr[dv]) * sc;
           axpy<Arch>(dk, ds, qn, gk);

@@ -3,8 +3,9 @@
 // With Lq * H/Hkv rows per kv head too few to fill a tile of the engine (core/flash.hpp), each row
 // is computed with dot products over d. The keys are split into fixed chunks of decode_chunk
 // (independent of the thread count, so results do not depend on it); each (b, kv head, chunk)
-// task leaves a partial state (normalized output and log-sum-exp) per row, and a second pass merges
-// the chunks in order with merge_state_row, the kernel of merge_attention_states (docs/design.md §1.3).
+// task leaves a partial state (max, sum, unnormalized output) per row, and a second pass merges
+// the chunks in order (merged_max, merge_weight: docs/design.md §1.3) on the exact (m, l) states, not
+// on log-sum-exps, which lose the key count once |m| dwarfs log2 l (ties of huge logits).
 #pragma once
 
 #include <algorithm>
@@ -32,7 +33,7 @@ void decode_attention(const attention_shape& s, const tensor_view<const T, 4>& q
   const index_t G = s.group();
   const index_t rows = s.Lq * G;  // row r: query r / G of head hkv*G + r % G
   const index_t nchunk = std::max<index_t>(1, (s.Lk + decode_chunk - 1) / decode_chunk);
-  const index_t stride_part = s.dv + 1;  // per row: lse, o[dv]
+  const index_t stride_part = s.dv + 2;  // per row: m, l, o[dv]
   const T qscale = static_cast<T>(scale * 1.4426950408889634074);
   const tensor_view<const float, 4> bias =
       opt.mask.bias ? broadcast_bias(opt.mask.bias, s.B, s.H, s.Lq, s.Lk) : tensor_view<const float, 4>{};
@@ -84,7 +85,7 @@ void decode_attention(const attention_shape& s, const tensor_view<const T, 4>& q
         sc[j - j0] = exp2_nonpositive(simd::batch<T, simd::scalar>{sc[j - j0] - sh}).v;
         l += sc[j - j0];
       }
-      T* o = pr + 1;
+      T* o = pr + 2;
       std::fill(o, o + s.dv, T(0));
       for (j = j0; j < j1; ++j) {
         const T* vr = v.ptr(b, hkv, j, 0);
@@ -94,9 +95,8 @@ void decode_attention(const attention_shape& s, const tensor_view<const T, 4>& q
         }
         axpy<Arch>(s.dv, sc[j - j0], vr, o);
       }
-      const T inv = l > T(0) ? T(1) / l : T(0);
-      for (index_t e = 0; e < s.dv; ++e) o[e] *= inv;
-      pr[0] = state_log_sum_exp(online_softmax_state<T>::shift(m), l);
+      pr[0] = m;
+      pr[1] = l;
     }
   });
 
@@ -106,12 +106,26 @@ void decode_attention(const attention_shape& s, const tensor_view<const T, 4>& q
     for (index_t r = 0; r < rows; ++r) {
       const index_t i = r / G, h = hkv * G + r % G;
       auto state = [&](index_t c) { return part.data() + ((bh * nchunk + c) * rows + r) * stride_part; };
-      T* o = state(0) + 1;
-      T l = state(0)[0];
-      for (index_t c = 1; c < nchunk; ++c)
-        l = merge_state_row<Arch>(o, l, state(c) + 1, state(c)[0], o, s.dv);
-      for (index_t e = 0; e < s.dv; ++e) out(b, h, i, e) = o[e];
-      if (lse) lse(b, h, i) = l;
+      T M = state(0)[0], seen = state(0)[1];
+      for (index_t c = 1; c < nchunk; ++c) {
+        M = merged_max_scalar(M, seen, state(c)[0], state(c)[1]);
+        seen = std::max(seen, state(c)[1]);
+      }
+      T l = T(0);
+      T* o0 = state(0) + 2;
+      for (index_t c = 0; c < nchunk; ++c) {
+        const T* pr = state(c);
+        const T f = merge_weight_scalar(pr[0], pr[1], M);
+        l += pr[1] * f;
+        if (c == 0) {
+          for (index_t e = 0; e < s.dv; ++e) o0[e] *= f;
+        } else if (f > T(0)) {
+          axpy<Arch>(s.dv, f, pr + 2, o0);
+        }
+      }
+      const T inv = l > T(0) ? T(1) / l : T(0);
+      for (index_t e = 0; e < s.dv; ++e) out(b, h, i, e) = o0[e] * inv;
+      if (lse) lse(b, h, i) = state_log_sum_exp(M, l);
     }
   });
 }
