@@ -440,6 +440,38 @@ int main(int argc, char** argv) {
             spec, t, ab::relative_attention_fn(side, side, heads, mode), smp);
     }
 
+  // Relative attention's backward and training step beside exact attention's backward on the same
+  // shapes and samples (slices of heads): CoAtNet-0's attention stages (batch 32, d 32) and
+  // 32 x 32 and 64 x 64 grids (d 64, 8 heads, batch 1). GFLOP/s count exact attention's 10 and
+  // 14 Lq Lk d per head.
+  struct grid_case {
+    index_t side, heads, d, batch;
+  };
+  for (int t : ab::config().threads)
+    for (const grid_case g : {grid_case{14, 12, 32, 32}, {7, 24, 32, 32}, {32, 8, 64, 1}, {64, 8, 64, 1}}) {
+      const auto spec = ab::attention_spec::self(g.side * g.side, g.d, g.heads, causal_mode::none, g.batch);
+      const std::string grid = "/grid:" + std::to_string(g.side) + "x" + std::to_string(g.side);
+      auto smp_for = [](ab::training_step step) {
+        ab::sampling smp;
+        smp.how = ab::slicing::heads;
+        smp.flop_factor = ab::training_flop_factor(step);
+        smp.scale = 32;
+        return smp;
+      };
+      ab::register_attention(ab::attention_name("train_backward", spec, t, grid), spec, t,
+                             ab::training_fn(ab::training_step::backward),
+                             smp_for(ab::training_step::backward));
+      for (auto mode : {attnkit::relative_mode::pre_softmax, attnkit::relative_mode::post_softmax})
+        for (auto step : {ab::training_step::backward, ab::training_step::both}) {
+          const std::string family =
+              std::string(mode == attnkit::relative_mode::pre_softmax ? "relative_pre" : "relative_post") +
+              (step == ab::training_step::backward ? "_backward" : "_step");
+          ab::register_attention(
+              ab::attention_name(family, spec, t, grid), spec, t,
+              ab::training_fn(step, ab::relative_training_ops(g.side, g.side, g.heads, mode)), smp_for(step));
+        }
+    }
+
   // The CoAtNet network, whole forward passes (one case per preset and batch, built once).
   for (const bool rw : {false, true})
     for (index_t batch : {1, 8})

@@ -1,19 +1,24 @@
 // attnkit tests: CoAtNet's relative attention and table resizing against golden data computed by
 // PyTorch (tools/relative_golden.py -> tests/data/relative_golden.txt): the bicubic resize of
 // timm's resize_rel_pos_bias_table_simple, and attention with the bias gathered the way timm's
-// RelPosBias gathers it, pre- and post-softmax, for both offset conventions; and timm's own
-// Attention2d module with RelPosBias (tools/relative_timm_golden.py).
+// RelPosBias gathers it, pre- and post-softmax, for both offset conventions; timm's own
+// Attention2d module with RelPosBias (tools/relative_timm_golden.py); and the backward against
+// PyTorch autograd (tools/relative_grad_golden.py -> tests/data/relative_grad_golden.txt).
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
 #include <attnkit/coatnet/relative_attention.hpp>
+#include <attnkit/coatnet/relative_backward.hpp>
 
 #include "reference/common.hpp"
 #include "reference/golden_text.hpp"
+#include "reference/kernel_instances.hpp"
 
 namespace {
 using namespace attnkit_test;
@@ -80,6 +85,75 @@ TEST_CASE("relative golden: relative_attention_2d equals torch with timm's bias 
     run(0.0f, 4e-4, 1e-5);
   }
   CHECK(n == 8);
+}
+
+TEMPLATE_TEST_CASE("relative_attention_2d_backward equals PyTorch autograd (tools/relative_grad_golden.py)",
+                   "[relative][backward][golden]", float, double) {
+  // Golden values in float64 from torch autograd of relative attention on H x W grids (pre and
+  // post softmax, both offsets, GQA by repeat_interleave, dk != dv, key_lengths with an empty
+  // batch entry, a custom scale), the loss sum(out * dout). Every case has <= 16 keys, inputs in
+  // [-1, 1] (table in [-0.5, 0.5]) and results below 6 in magnitude. The tolerance is the
+  // attention golden test's, atol = rtol: double: a few ulp of O(10) sums: 1e-12 (1 + |ref|).
+  // float: the inputs rounded to float (2^-24 relative) move the logits by ~dk 2^-24 and each
+  // gradient by as much relative to its O(10) terms, plus the fp32 sums; the largest sums are
+  // post_softmax's dtable entries, <= B L = 32 dot products dout_i . v_j of dv <= 5 terms each
+  // (|terms| summed <= 80: ~80 * 2 * 2^-24 = 1e-5 in the worst case, ~1e-6 as rounding errors
+  // add like a random walk), and D = dout . (out - W v) where out's table terms cancel (<= 5 * 8
+  // * 2^-24 = 2.4e-6). 2e-5 (1 + |ref|) is ~20x the typical error.
+  using T = TestType;
+  const double tol = std::is_same_v<T, float> ? 2e-5 : 1e-12;
+  int n = 0;
+  for (const golden_case& c : attnkit_test::read_golden("relative_grad_golden.txt")) {
+    REQUIRE(c.head.size() >= 12);
+    const std::string mode = c.head[1], offset = c.head[2];
+    const index_t B = c.word(3), heads = c.word(4), Hkv = c.word(5), H = c.word(6), W = c.word(7),
+                  dk = c.word(8), dv = c.word(9), L = H * W;
+    INFO("case " << n << ": " << mode << " " << offset << " B=" << B << " heads=" << heads << " Hkv=" << Hkv
+                 << " grid " << H << " x " << W << " dk=" << dk << " dv=" << dv << " scale " << c.head[10]);
+    ++n;
+    REQUIRE((mode == "pre" || mode == "post"));
+    REQUIRE((offset == "kmq" || offset == "qmk"));
+    attnkit::relative_options opt;
+    opt.mode = mode == "pre" ? attnkit::relative_mode::pre_softmax : attnkit::relative_mode::post_softmax;
+    opt.offset = offset == "qmk" ? attnkit::relative_offset::query_minus_key
+                                 : attnkit::relative_offset::key_minus_query;
+    opt.scale = std::stod(c.head[10]);
+    std::vector<std::int64_t> lens;
+    for (index_t b = 0; b < c.word(11); ++b) lens.push_back(c.word(12 + static_cast<std::size_t>(b)));
+    REQUIRE(c.head.size() == 12 + lens.size());
+    if (!lens.empty()) opt.mask.key_lengths = view<const std::int64_t, 1>(lens.data(), {B}, {1});
+    REQUIRE(c.data.size() == 11);
+    const std::array<index_t, 3> te{heads, 2 * H - 1, 2 * W - 1};
+    const auto q = tensor_of<T, 4>(c.data[0], {B, heads, L, dk});
+    const auto k = tensor_of<T, 4>(c.data[1], {B, Hkv, L, dk});
+    const auto v = tensor_of<T, 4>(c.data[2], {B, Hkv, L, dv});
+    const auto table = tensor_of<T, 3>(c.data[3], te);
+    const auto dout = tensor_of<T, 4>(c.data[4], {B, heads, L, dv});
+    const auto want_out = tensor_of<double, 4>(c.data[5], {B, heads, L, dv});
+    const auto want_lse = tensor_of<double, 3>(c.data[6], {B, heads, L});
+    const auto want_dq = tensor_of<double, 4>(c.data[7], {B, heads, L, dk});
+    const auto want_dk = tensor_of<double, 4>(c.data[8], {B, Hkv, L, dk});
+    const auto want_dv = tensor_of<double, 4>(c.data[9], {B, Hkv, L, dv});
+    const auto want_dtable = tensor_of<double, 3>(c.data[10], te);
+    for_each_arch([&](auto arch) {
+      using Arch = decltype(arch);
+      INFO("arch " << Arch::name);
+      attnkit::tensor<T, 4> out({B, heads, L, dv}), dq(q.extents()), dK(k.extents()), dV(v.extents());
+      attnkit::tensor<T, 3> lse({B, heads, L}), dtable(te);
+      attnkit::relative_attention_2d<Arch, T>(q.cview(), k.cview(), v.cview(), table.cview(), {H, W},
+                                              out.view(), lse.view(), opt);
+      attnkit::relative_attention_2d_backward<Arch, T>(q.cview(), k.cview(), v.cview(), table.cview(), {H, W},
+                                                       out.cview(), lse.cview(), dout.cview(), dq.view(),
+                                                       dK.view(), dV.view(), dtable.view(), opt);
+      require_close(out.cview(), want_out.cview(), tol, tol, "out");
+      require_close(lse.cview(), want_lse.cview(), tol, tol, "lse");
+      require_close(dq.cview(), want_dq.cview(), tol, tol, "dq");
+      require_close(dK.cview(), want_dk.cview(), tol, tol, "dk");
+      require_close(dV.cview(), want_dv.cview(), tol, tol, "dv");
+      require_close(dtable.cview(), want_dtable.cview(), tol, tol, "dtable");
+    });
+  }
+  CHECK(n == 4);
 }
 
 #if ATTNKIT_HAVE_NLOHMANN_JSON

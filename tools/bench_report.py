@@ -8,16 +8,18 @@ Usage:
   /usr/bin/python3 tools/bench_report.py run.json [more.json ...] --out docs/bench/zen4 \\
       [--cpu "AMD EPYC (Zen 4)"] [--compiler "g++ 12.2.0"] [--os "Debian 12"] \\
       [--threads 1,2] [--lengths 1024,16384] [--machine zen4] [--title TEXT] \\
-      [--update-readme README.md]
+      [--update-readme README.md] [--torch-sdpa sdpa_t1.json [--torch-sdpa sdpa_t2.json]]
 
 Writes into --out:
   time_<family>_t<threads>.svg     time vs L, log-log, the operators beside exact attention,
                                    one panel per mask (bidirectional, causal)
   speedup_<family>_t<threads>.svg  exact attention's time / the operator's time vs L
   peak_<family>_t<threads>.svg     % of the measured FMA peak (counter pct_peak) vs L
-  table.md                         every benchmark: time, speed-up, GFLOP/s, % of peak, sample
+  table.md                         every benchmark: time, speed-up, GFLOP/s, % of peak, sample;
+                                   then the training tables with every row
   summary.md                       the machine's header lines, the compact table and the plots, as
-                                   the README shows them (also printed on stdout)
+                                   the README shows them (also printed on stdout), then the
+                                   training tables (rows of --threads; exact: of --lengths)
 With --update-readme, summary.md also replaces what lies between the lines
 "<!-- results:<machine> -->" and "<!-- /results:<machine> -->" of that file (machine: --machine,
 default the name of the --out directory).
@@ -29,6 +31,17 @@ Rates (GFLOP/s, pct_peak, ...) = the "_max" aggregate, else the maximum of the i
 rate of the fastest repetition. A benchmark present in several files takes the minimum time over
 all of them. spread = median / min of the time (1.00 = no noise), when the median is known.
 
+Training tables (when the JSON has train_* or relative_*_backward / _step benchmarks):
+  "Training: exact attention": a row per (d, L, heads H or H/Hkv, mask, threads); forward
+    (full_attention), forward with lse (train_forward), backward (train_backward), forward+backward
+    (train_step), backward / forward, the backward's GFLOP/s and pct_peak; with --torch-sdpa FILE
+    (tools/torch_sdpa_bench.py --out; may be repeated, the minimum over the files) PyTorch SDPA's
+    forward+backward ("fwdbwd_ms") and its time / train_step's, same shape and threads only.
+  "Training: relative attention": a row per (grid, d, heads, threads); exact attention's backward
+    on the grid's shape (train_backward/.../grid:...), relative_pre and relative_post backward and
+    their time / the exact backward's, the pre and post training steps (relative_*_step).
+Training benchmarks are in table.md's main table too, not in the compact table nor the plots.
+
 Benchmark names (bench/common.hpp attention_name and bench/bench_attention.cpp): '/'-separated,
 operator tokens first, then key:value fields; Google Benchmark's suffixes (manual_time, real_time,
 iterations:N, repeats:N, min_time:X) are dropped. Known families:
@@ -38,6 +51,11 @@ iterations:N, repeats:N, min_time:X) are dropped. Known families:
   combiner/<plan>/d:64/L:1024/causal:0/threads:1                       vs exact, same d, L, mask
   lambda/<local|relative>/d:256/u:4[/r:23]/L:3136/threads:1            vs full_attention/d:<d/4>/L/H:4
   relative_pre|relative_post/d:32/grid:14x14/L:196/H:12/causal:0/threads:1   vs exact, same d, L, H
+  train_forward|train_backward|train_step/d:64/L:4096[/H:32/Hkv:8]/causal:1/threads:1
+                                                                       exact training table
+  train_backward/d:32/grid:14x14/L:196/H:12/causal:0/threads:1         relative training table
+  relative_pre_backward|relative_pre_step|relative_post_backward|relative_post_step/
+      d:32/grid:14x14/L:196/H:12/causal:0/threads:1                    relative training table
   decode/d:128/Lq:1/Lk:32768/causal:0/threads:1                        exact decode
   favor_decode/d:64/m:256/Lq:1/Lk:4096/causal:1/threads:1              vs decode, same d, Lk
   coatnet/<preset>/image:224/batch:8/threads:1                         whole network, no baseline
@@ -203,6 +221,51 @@ def load_files(paths):
     return contexts, meas
 
 
+def _json_int(v):
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def load_torch_sdpa(paths):
+    """tools/torch_sdpa_bench.py --out files -> (sources, times): one dict per readable file (path,
+    machine, records), times (d, L, L, H, Hkv, causal, threads) -> seconds of one forward+backward
+    ("fwdbwd_ms"), the minimum over the files."""
+    sources, times = [], {}
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError) as e:
+            warn("%s: cannot read PyTorch SDPA JSON (%s); file skipped" % (path, e))
+            continue
+        if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+            warn("%s: no 'results' list (is it tools/torch_sdpa_bench.py --out?); file skipped" % path)
+            continue
+        mach = doc.get("machine") if isinstance(doc.get("machine"), dict) else {}
+        n = bad = 0
+        for r in doc["results"]:
+            if not isinstance(r, dict):
+                bad += 1
+                continue
+            L, d = _json_int(r.get("L")), _json_int(r.get("d"))
+            h = _json_int(r.get("H", 8))
+            hkv = _json_int(r.get("Hkv", h))
+            causal = _json_int(r.get("causal", 0))
+            threads = _json_int(r.get("threads", mach.get("threads")))
+            t = r.get("fwdbwd_ms")
+            if (None in (L, d, h, hkv, causal, threads) or isinstance(t, bool) or
+                    not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0):
+                bad += 1
+                continue
+            key = (d, L, L, h, hkv, 1 if causal else 0, threads)
+            times[key] = min(t * 1e-3, times.get(key, float("inf")))
+            n += 1
+        if bad:
+            warn("%s: %d result(s) without integer L, d, H, Hkv, causal, threads or a positive "
+                 "fwdbwd_ms: skipped" % (path, bad))
+        sources.append(dict(path=path, machine=mach, records=n))
+    return sources, times
+
+
 # ------------------------------------------------------------------------------------------------
 # Names -> fields
 
@@ -235,7 +298,8 @@ class Entry:
         self.m = m
         self.family = family
         self.params = params
-        self.kind = None       # exact reference favor combiner lambda relative decode favor_decode coatnet peak
+        self.kind = None       # exact reference favor combiner lambda relative decode favor_decode coatnet
+                               # peak train relative_train
         self.group = None      # plot / table family
         self.key = None        # as a baseline
         self.baseline = None   # key of the exact benchmark it is compared with
@@ -248,20 +312,39 @@ class Entry:
         self.exact = None
         self.order = 0         # first appearance of its series in the input
         self.table_group = None
+        self.step = None       # training: forward_lse, backward or step (TRAIN_FAMILIES)
+        self.op = None         # relative_train: exact, relative_pre or relative_post
+        self.row = None        # training: its row in the training table (shape and threads)
 
 
-GROUP_ORDER = ["full_attention", "reference", "favor", "combiner", "lambda", "relative", "decode",
-               "coatnet"]
+GROUP_ORDER = ["full_attention", "train", "reference", "favor", "combiner", "lambda", "relative",
+               "relative_train", "decode", "coatnet"]
 GROUP_TITLE = {
     "full_attention": "exact attention (full_attention)",
+    "train": "training: exact attention",
     "reference": "reference::attention vs exact",
     "favor": "FAVOR+ vs exact",
     "combiner": "Combiner vs exact",
     "lambda": "lambda vs exact 4-head attention",
     "relative": "CoAtNet relative attention vs exact",
+    "relative_train": "training: relative attention",
     "decode": "decoding",
     "coatnet": "CoAtNet network",
 }
+
+
+# Training families (bench_attention.cpp register_training and "Relative attention's backward"):
+# name -> (operator, step). train_* with a grid:<s>x<s> field is exact attention's backward on a
+# relative-attention shape (the relative table's baseline); without it, the exact training sweep.
+TRAIN_FAMILIES = OrderedDict([
+    ("train_forward", ("exact", "forward_lse")),
+    ("train_backward", ("exact", "backward")),
+    ("train_step", ("exact", "step")),
+    ("relative_pre_backward", ("relative_pre", "backward")),
+    ("relative_pre_step", ("relative_pre", "step")),
+    ("relative_post_backward", ("relative_post", "backward")),
+    ("relative_post_step", ("relative_post", "step")),
+])
 
 
 def _fmt_fields(params, names):
@@ -301,7 +384,8 @@ def classify(m):
         return None
     e.threads = p["threads"]
 
-    if head in ("full_attention", "reference", "favor", "combiner", "relative_pre", "relative_post"):
+    if head in ("full_attention", "reference", "favor", "combiner", "relative_pre",
+                "relative_post") or head in TRAIN_FAMILIES:
         if not need("d", "causal"):
             return None
         ls = lengths()
@@ -338,6 +422,21 @@ def classify(m):
             grid = p.get("grid", "")
             e.series = "%s d:%s grid:%s H:%s" % (head, p["d"], grid, h)
             e.plot_series = "%s d:%s" % (head, p["d"])
+        elif head in TRAIN_FAMILIES and not rest:
+            e.op, e.step = TRAIN_FAMILIES[head]
+            grid = p.get("grid")
+            if grid is None and e.op != "exact":
+                warn("skipped %r: %s without a grid:<s>x<s> field" % (m.name, head))
+                return None
+            if grid is None:  # the exact training sweep: a row per (d, L, heads, mask, threads)
+                e.kind, e.group = "train", "train"
+                e.row = key[1:]
+                e.series = "%s d:%s%s%s" % (head, p["d"], hs, lq)
+            else:  # relative attention's training, or exact attention's backward on its shape
+                e.kind, e.group = "relative_train", "relative_train"
+                e.row = (str(grid), p["d"], ls[0], ls[1], h, hkv, e.causal, e.threads)
+                e.series = "%s d:%s grid:%s%s%s" % (head, p["d"], grid, hs, lq)
+            e.plot_series = e.series
         else:
             warn("skipped %r: unknown benchmark family %r" % (m.name, family))
             return None
@@ -668,7 +767,9 @@ def summary_table(entries, threads, lengths):
     attention (operators) or % of peak (exact attention, decode, the network)."""
     # exact attention measured only as the baseline of lambda or relative attention is in
     # table.md: its time is the operator's time x its speed-up
-    rows = [e for e in entries if e.kind != "peak" and e.threads in threads and not
+    # training has its own tables (training_tables)
+    rows = [e for e in entries if e.kind not in ("peak", "train", "relative_train") and
+            e.threads in threads and not
             (e.kind == "exact" and e.table_group in ("lambda", "relative"))]
     if lengths:
         by_series = defaultdict(set)
@@ -699,6 +800,151 @@ def summary_table(entries, threads, lengths):
         lines.append("| `%s` | %s |" % (series, size) + "".join(
             " %s |" % row.get(c, "") for c in cols))
     return "\n".join(lines) + "\n"
+
+
+def heads_name(h, hkv):
+    return str(h) if hkv == h else "%s/%s" % (h, hkv)
+
+
+def torch_source_line(src):
+    """One PyTorch file, as the exact training table's note names it."""
+    mach = src["machine"]
+    parts = []
+    if mach.get("torch"):
+        parts.append("torch %s" % mach["torch"])
+    if isinstance(mach.get("threads"), int):
+        parts.append("%d thread%s" % (mach["threads"], "" if mach["threads"] == 1 else "s"))
+    parts.append(str(mach.get("dtype", "float32")))
+    if mach.get("gqa"):
+        parts.append("GQA via %s" % mach["gqa"])
+    if mach.get("repetitions"):
+        parts.append("minimum over %s repetitions" % mach["repetitions"])
+    if mach.get("date"):
+        parts.append(str(mach["date"]))
+    return "`%s` (%s)" % (os.path.basename(src["path"]), ", ".join(parts))
+
+
+def exact_training_table(entries, threads=None, lengths=(), torch=None):
+    """Rows: (d, L, heads, mask, threads) of the train_* sweep; columns: forward (full_attention),
+    forward with lse, backward, both, backward / forward, the backward's rates and, with torch
+    (load_torch_sdpa's result), PyTorch SDPA's forward+backward and its time over train_step's.
+    None when there is no row."""
+    forward = {e.key[1:]: e for e in entries if e.kind == "exact"}
+    rows = OrderedDict()
+    for e in entries:
+        if e.kind == "train" and (threads is None or e.threads in threads):
+            rows.setdefault(e.row, {})[e.step] = e
+    if lengths:  # as summary_table: a (d, heads) measured at any of the lengths keeps only those
+        shape = lambda r: (r[0], r[1] != r[2], r[3], r[4])
+        by_shape = defaultdict(set)
+        for r in rows:
+            by_shape[shape(r)].add(r[2])
+        rows = OrderedDict((r, v) for r, v in rows.items()
+                           if r[2] in lengths or not (by_shape[shape(r)] & lengths))
+    if not rows:
+        return None
+    sources, times = torch if torch else ([], None)
+    header = ("| d | L | heads | mask | threads | forward | forward + lse | backward | fwd + bwd "
+              "| bwd / fwd | bwd GFLOP/s | bwd % of peak |")
+    rule = "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    if times is not None:
+        header += " PyTorch fwd + bwd | vs PyTorch |"
+        rule += " ---: | ---: |"
+    lines = [header, rule]
+    t = lambda e: e.m.time if e is not None else None
+    for r in sorted(rows, key=lambda r: (r[4] != r[3] or r[3] != 8, r[0], r[3], r[4], r[2], r[1],
+                                         r[5], r[6])):
+        d, lq, lk, h, hkv, causal, thr = r
+        steps = rows[r]
+        fwd, lse, bwd, both = (forward.get(r), steps.get("forward_lse"), steps.get("backward"),
+                               steps.get("step"))
+        ratio = t(bwd) / t(fwd) if bwd is not None and fwd is not None and fwd.m.time > 0 else None
+        rates = bwd.m.rates if bwd is not None else {}
+        cells = [str(d), str(lk) if lq == lk else "%s/%s" % (lq, lk), heads_name(h, hkv),
+                 "causal" if causal else "bidirectional", str(thr), fmt_time(t(fwd)),
+                 fmt_time(t(lse)), fmt_time(t(bwd)), fmt_time(t(both)), fmt_speedup(ratio),
+                 fmt_num(rates.get("GFLOP/s")), fmt_num(rates.get("pct_peak"))]
+        if times is not None:
+            pt = times.get(r)
+            cells += [fmt_time(pt), fmt_speedup(pt / both.m.time if pt is not None and both is not None
+                                                and both.m.time > 0 else None)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def relative_training_table(entries, threads=None):
+    """Rows: (grid, d, heads, threads); columns: exact attention's backward on the grid's shape,
+    relative_pre and relative_post backward (and their time over the exact backward), the pre and
+    post training steps. None when there is no row."""
+    rows = OrderedDict()
+    for e in entries:
+        if e.kind == "relative_train" and (threads is None or e.threads in threads):
+            rows.setdefault(e.row, {})[(e.op, e.step)] = e
+    if not rows:
+        return None
+    lines = ["| grid | d | heads | threads | exact backward | relative_pre backward | pre / exact "
+             "| relative_post backward | post / exact | relative_pre step | relative_post step |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    t = lambda e: e.m.time if e is not None else None
+    ratio = lambda e, b: (e.m.time / b.m.time if e is not None and b is not None and b.m.time > 0
+                          else None)
+    for r in sorted(rows, key=lambda r: (min(e.order for e in rows[r].values()), r[7])):
+        grid, d, lq, lk, h, hkv, causal, thr = r
+        c = rows[r]
+        exact = c.get(("exact", "backward"))
+        pre, post = c.get(("relative_pre", "backward")), c.get(("relative_post", "backward"))
+        cells = [grid + (" causal" if causal else "") + ("" if lq == lk else " Lq:%s" % lq), str(d),
+                 heads_name(h, hkv), str(thr), fmt_time(t(exact)), fmt_time(t(pre)),
+                 fmt_speedup(ratio(pre, exact)), fmt_time(t(post)), fmt_speedup(ratio(post, exact)),
+                 fmt_time(t(c.get(("relative_pre", "step")))),
+                 fmt_time(t(c.get(("relative_post", "step"))))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def training_markdown(entries, heading, threads=None, lengths=(), torch=None):
+    """The two training sections (heading: '##' in table.md, '####' in the README block); '' when
+    the JSON has no training benchmarks."""
+    out = []
+    exact = exact_training_table(entries, threads, lengths, torch)
+    if exact:
+        note = ("Time of one call (minimum over the repetitions), batch 1: forward = "
+                "`full_attention`; forward + lse = `train_forward` (the forward that also writes the "
+                "log-sum-exp the backward reads); backward = `train_backward` (dQ, dK, dV); "
+                "fwd + bwd = `train_step` (both, as a training step calls them); bwd / fwd = "
+                "backward / forward; the backward's GFLOP/s and % of peak count 10·L²·d per head "
+                "(visible pairs only when causal). heads: H, or H/Hkv for grouped-query heads.")
+        if torch:
+            sources = torch[0]
+            note += (" PyTorch fwd + bwd: `scaled_dot_product_attention` forward and backward "
+                     "together on the CPU (`tools/torch_sdpa_bench.py`: %s); vs PyTorch = its time / "
+                     "fwd + bwd, same shape and thread count (— where not measured)."
+                     % ("; ".join(torch_source_line(s) for s in sources) or "no file read"))
+        out += ["%s Training: exact attention" % heading, "", note, "", exact.rstrip("\n"), ""]
+    rel = relative_training_table(entries, threads)
+    if rel:
+        note = ("Time of one call (minimum over the repetitions) on the relative-attention shapes "
+                "(`relative_attention_2d`, shapes and batch as bench_attention registers them): exact "
+                "backward = `train_backward` with the grid's d, L and heads; relative_pre / "
+                "relative_post backward = `relative_pre_backward` / `relative_post_backward` (dQ, dK, "
+                "dV and the table's gradient, bias before / after the softmax); pre / exact, post / "
+                "exact = their time / exact backward; step = forward with lse and backward "
+                "(`relative_pre_step`, `relative_post_step`).")
+        out += ["%s Training: relative attention" % heading, "", note, "", rel.rstrip("\n"), ""]
+    return "\n".join(out)
+
+
+def check_torch_matches(entries, torch):
+    """A warning when PyTorch results have no row (train_* of the same shape and threads)."""
+    if not torch:
+        return
+    rows = {e.row for e in entries if e.kind == "train"}
+    missing = sorted(k for k in torch[1] if k not in rows)
+    if missing:
+        d, lq, lk, h, hkv, c, t = missing[0]
+        warn("%d PyTorch SDPA result(s) have no train_* benchmark of the same shape and threads "
+             "(e.g. d:%s L:%s H:%s Hkv:%s causal:%s threads:%s): not in the training table"
+             % (len(missing), d, lk, h, hkv, c, t))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -967,8 +1213,8 @@ def write_plots(entries, out_dir, threads):
     """Writes the SVGs; returns [(group, kind, threads, filename, title)]."""
     written = []
     for group in GROUP_ORDER:
-        if group in ("decode", "coatnet"):
-            continue
+        if group in ("decode", "coatnet", "train", "relative_train"):
+            continue  # tables only (training: training_tables)
         for t in threads:
             es = [e for e in entries if e.group == group and e.threads == t and e.x]
             if not es:
@@ -1029,7 +1275,7 @@ def save(out_dir, fn, text):
 # ------------------------------------------------------------------------------------------------
 # Summary (the README block) and main
 
-def summary_markdown(title, info, entries, plots, out_dir, readme_dir, threads, lengths):
+def summary_markdown(title, info, entries, plots, out_dir, readme_dir, threads, lengths, torch=None):
     rel = os.path.relpath(out_dir, readme_dir) if readme_dir else out_dir
     rel = rel.replace(os.sep, "/")
     lines = ["### %s" % title, ""]
@@ -1061,6 +1307,9 @@ def summary_markdown(title, info, entries, plots, out_dir, readme_dir, threads, 
         lines.append("Other thread counts: " + ", ".join(
             "[%s %s, %d threads](%s/%s)" % (kind, group, t, rel, fn)
             for group, kind, t, fn, title in others) + ".")
+    training = training_markdown(entries, "####", threads, lengths, torch)
+    if training:
+        lines += ["", training.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -1103,13 +1352,18 @@ def main(argv=None):
     ap.add_argument("--os", help="operating system (default: /etc/os-release of this machine)")
     ap.add_argument("--build-dir", help="CMake build directory of the benchmark binary")
     ap.add_argument("--threads", help="thread counts in the summary and plots (default: all)")
-    ap.add_argument("--lengths", help="L values in the summary table, for the operators measured "
-                    "at any of them (others keep all their rows); table.md has every L")
+    ap.add_argument("--lengths", help="L values in the summary table and the exact training "
+                    "table, for the operators measured at any of them (others keep all their rows); "
+                    "table.md has every L")
     ap.add_argument("--update-readme", metavar="README", help="replace the results:<machine> block")
+    ap.add_argument("--torch-sdpa", metavar="FILE", action="append", default=[],
+                    help="JSON of tools/torch_sdpa_bench.py --out (may be repeated): PyTorch SDPA's "
+                    "forward+backward beside train_step in the exact training table")
     args = ap.parse_args(argv)
 
     contexts, meas = load_files(args.json)
     entries = classify_all(meas)
+    torch = load_torch_sdpa(args.torch_sdpa) if args.torch_sdpa else None
     if not entries:
         print("bench_report: no usable benchmarks in %s" % ", ".join(args.json), file=sys.stderr)
         return 1
@@ -1123,12 +1377,16 @@ def main(argv=None):
     plots = write_plots(entries, args.out, threads)
     header = "\n".join("- **%s**: %s" % (k, v) for k, v in info.items())
     sources = ", ".join("`%s`" % os.path.basename(c["_path"]) for c in contexts)
-    save(args.out, "table.md", "# %s: every benchmark\n\n%s\n- **from**: %s\n\n%s" % (
-        machine, header, sources, full_table(entries)))
+    if torch:
+        check_torch_matches(entries, torch)
+        sources += "; PyTorch: " + ", ".join("`%s`" % os.path.basename(s["path"]) for s in torch[0])
+    training = training_markdown(entries, "##", torch=torch)
+    save(args.out, "table.md", "# %s: every benchmark\n\n%s\n- **from**: %s\n\n%s%s" % (
+        machine, header, sources, full_table(entries), "\n" + training if training else ""))
     readme_dir = os.path.dirname(os.path.abspath(args.update_readme)) if args.update_readme else None
     title = args.title or "%s: %s" % (machine, info.get("CPU", "?"))
     block = summary_markdown(title, info, entries, plots, os.path.abspath(args.out),
-                             readme_dir or os.getcwd(), threads, lengths)
+                             readme_dir or os.getcwd(), threads, lengths, torch)
     save(args.out, "summary.md", block)
     sys.stdout.write(block)
     if args.update_readme:

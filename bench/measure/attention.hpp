@@ -3,6 +3,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <tuple>
 
 #include "timing.hpp"
@@ -312,22 +313,48 @@ inline double training_flop_factor(training_step s) {
   return s == training_step::forward_lse ? 1.0 : s == training_step::backward ? 2.5 : 3.5;
 }
 
-/// full_attention(..., lse) and full_attention_backward as an attention_fn: per slice of the
+/// An operator's forward with its log-sum-exp and its backward, as the training benchmarks call them.
+struct training_ops {
+  std::function<void(const f4_cview& q, const f4_cview& k, const f4_cview& v, const f4_view& out,
+                     const attnkit::tensor_view<float, 3>& lse, const attnkit::attention_options& o)>
+      forward;
+  std::function<void(const f4_cview& q, const f4_cview& k, const f4_cview& v, const f4_cview& out,
+                     const attnkit::tensor_view<const float, 3>& lse, const f4_cview& dout, const f4_view& dq,
+                     const f4_view& dk, const f4_view& dv, const attnkit::attention_options& o)>
+      backward;
+};
+
+/// full_attention(..., lse) and full_attention_backward.
+inline training_ops exact_training_ops() {
+  training_ops ops;
+  ops.forward = [](const f4_cview& q, const f4_cview& k, const f4_cview& v, const f4_view& out,
+                   const attnkit::tensor_view<float, 3>& lse,
+                   const attnkit::attention_options& o) { attnkit::full_attention(q, k, v, out, lse, o); };
+  ops.backward = [](const f4_cview& q, const f4_cview& k, const f4_cview& v, const f4_cview& out,
+                    const attnkit::tensor_view<const float, 3>& lse, const f4_cview& dout, const f4_view& dq,
+                    const f4_view& dk, const f4_view& dv, const attnkit::attention_options& o) {
+    attnkit::full_attention_backward(q, k, v, out, lse, dout, dq, dk, dv, o);
+  };
+  return ops;
+}
+
+/// A training step of `ops` (default: exact attention) as an attention_fn: per slice of the
 /// sample (told apart by the address of its q and its keys), the buffers of lse, dout and the
 /// gradients are made on its first call (and, for `backward`, out and lse by one forward), so the
 /// timed calls allocate nothing.
-inline attention_fn training_fn(training_step step) {
+inline attention_fn training_fn(training_step step, training_ops ops = exact_training_ops()) {
   struct slice_state {
     attnkit::tensor<float, 4> out, dout, dq, dk, dv;
     attnkit::tensor<float, 3> lse;
   };
-  return [step](const f4_cview& q, const f4_cview& k, const f4_cview& v, const f4_view& out,
-                const attnkit::attention_options& o) {
+  auto tag = std::make_shared<int>(0);  // tells this function's slices from other benchmarks'
+  return [step, ops, tag](const f4_cview& q, const f4_cview& k, const f4_cview& v, const f4_view& out,
+                          const attnkit::attention_options& o) {
     // shared by every training benchmark, and emptied when it holds more than one sample's
     // slices: the buffers of earlier benchmarks do not pile up
-    using key = std::tuple<int, const float*, std::array<index_t, 4>, index_t>;
+    using key = std::tuple<const int*, int, const float*, std::array<index_t, 4>, index_t>;
     static std::map<key, slice_state> states;
-    const key id{static_cast<int>(step), q.data(), q.extents(), k.extent(2)};
+    const key id{tag.get(), static_cast<int>(step), q.data(), q.extents(), k.extent(2)};
     if (states.size() >= 8 && states.find(id) == states.end()) states.clear();
     auto [it, fresh] = states.try_emplace(id);
     slice_state& s = it->second;
@@ -340,14 +367,13 @@ inline attention_fn training_fn(training_step step) {
         s.dq = attnkit::tensor<float, 4>(q.extents());
         s.dk = attnkit::tensor<float, 4>(k.extents());
         s.dv = attnkit::tensor<float, 4>(v.extents());
-        attnkit::full_attention(q, k, v, s.out.view(), s.lse.view(), o);
+        ops.forward(q, k, v, s.out.view(), s.lse.view(), o);
       }
     }
-    if (step != training_step::backward) attnkit::full_attention(q, k, v, out, s.lse.view(), o);
+    if (step != training_step::backward) ops.forward(q, k, v, out, s.lse.view(), o);
     if (step == training_step::forward_lse) return;
     const f4_cview o_used = step == training_step::both ? f4_cview(out) : s.out.cview();
-    attnkit::full_attention_backward(q, k, v, o_used, s.lse.cview(), s.dout.cview(), s.dq.view(), s.dk.view(),
-                                     s.dv.view(), o);
+    ops.backward(q, k, v, o_used, s.lse.cview(), s.dout.cview(), s.dq.view(), s.dk.view(), s.dv.view(), o);
   };
 }
 

@@ -109,6 +109,44 @@ inline attention_fn relative_attention_fn(index_t rows, index_t cols, index_t he
   };
 }
 
+/// relative_attention_2d with lse and relative_attention_2d_backward (its dtable a buffer of the
+/// whole table's shape, a slice of heads writing its first rows) as training_ops.
+inline training_ops relative_training_ops(index_t rows, index_t cols, index_t heads,
+                                          attnkit::relative_mode mode) {
+  const std::array<index_t, 3> shape{heads, 2 * rows - 1, 2 * cols - 1};
+  auto table = std::make_shared<attnkit::tensor<float, 3>>(shape);
+  auto dtable = std::make_shared<attnkit::tensor<float, 3>>(shape);
+  fill_uniform(table->data(), table->size(), 77);
+  auto options = [=](const attnkit::attention_options& o) {
+    attnkit::relative_options ro;
+    ro.mode = mode;
+    ro.threads = o.threads;
+    return ro;
+  };
+  auto slice = [=](auto& t, index_t h) {
+    return attnkit::tensor_view<std::remove_reference_t<decltype(*t->data())>, 3>(
+        t->data(), {h, 2 * rows - 1, 2 * cols - 1}, t->view().strides());
+  };
+  training_ops ops;
+  ops.forward = [=](const f4_cview& q, const f4_cview& k, const f4_cview& v, const f4_view& out,
+                    const attnkit::tensor_view<float, 3>& lse, const attnkit::attention_options& o) {
+    const auto t = slice(table, q.extent(1));
+    attnkit::relative_attention_2d(q, k, v,
+                                   attnkit::tensor_view<const float, 3>(t.data(), t.extents(), t.strides()),
+                                   attnkit::relative_grid{rows, cols}, out, lse, options(o));
+  };
+  ops.backward = [=](const f4_cview& q, const f4_cview& k, const f4_cview& v, const f4_cview& out,
+                     const attnkit::tensor_view<const float, 3>& lse, const f4_cview& dout, const f4_view& dq,
+                     const f4_view& dk, const f4_view& dv, const attnkit::attention_options& o) {
+    const auto t = slice(table, q.extent(1));
+    attnkit::relative_attention_2d_backward(
+        q, k, v, attnkit::tensor_view<const float, 3>(t.data(), t.extents(), t.strides()),
+        attnkit::relative_grid{rows, cols}, out, lse, dout, dq, dk, dv, slice(dtable, q.extent(1)),
+        options(o));
+  };
+  return ops;
+}
+
 // ----------------------------------------------------------------------------------------------
 // The CoAtNet network
 

@@ -5,6 +5,7 @@
 #include "coatnet/ops.hpp"
 #include "coatnet/options.hpp"
 #include "coatnet/relative_attention.hpp"
+#include "coatnet/relative_backward.hpp"
 #include "combiner/attention.hpp"
 #include "combiner/clusters.hpp"
 #include "combiner/options.hpp"

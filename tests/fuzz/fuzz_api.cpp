@@ -149,10 +149,53 @@ index_t work(std::initializer_list<index_t> xs) {
   return w;
 }
 
-/// Runs op; on invalid_argument the pool must be unchanged, on success every element of out must
-/// be finite and nothing outside out's elements may have changed.
-template <std::size_t R, class Op>
-void check_call(pool& P, const view<float, R>& out, Op&& op) {
+/// What a successful call's output element may be: finite, finite or -inf (a log-sum-exp: a row
+/// without keys), anything (a gradient at a scale of 1e38 overflows: the true one is that large).
+enum class values { finite, lse, any };
+
+/// Gradients of pool inputs (|x| <= 1, d <= 8, L < 20) are finite at scales up to 1 (0: 1/sqrt(dk));
+/// at 1e38 they overflow as the true gradients do, and any lse the pool holds is accepted.
+values gradient_values(double scale) { return std::fabs(scale) <= 1 ? values::finite : values::any; }
+
+/// Marks the elements of an output that a successful call wrote: each must lie in the pool and
+/// hold what `want` allows.
+template <std::size_t R>
+void mark_output(const pool& P, const view<float, R>& out, values want, std::vector<char>& is_out) {
+  for (index_t e : out.extents()) {
+    if (e < 0) std::abort();
+    if (e == 0) return;
+  }
+  std::array<index_t, R> ix{};
+  while (true) {
+    index_t off = 0;
+    for (std::size_t d = 0; d < R; ++d) off += ix[d] * out.stride(d);
+    const float* p = out.data() + off;
+    const index_t i = p - P.mem.data();
+    if (i < 0 || i >= kPool) std::abort();
+    const bool ok = want == values::any || std::isfinite(*p) ||
+                    (want == values::lse && *p == -std::numeric_limits<float>::infinity());
+    if (!ok) std::abort();
+    is_out[static_cast<std::size_t>(i)] = 1;
+    std::size_t d = R;
+    while (d-- > 0) {
+      if (++ix[d] < out.extent(d)) break;
+      ix[d] = 0;
+    }
+    if (d == static_cast<std::size_t>(-1)) return;
+  }
+}
+
+/// An output of a call and the values it may hold.
+template <std::size_t R>
+struct output {
+  view<float, R> v;
+  values want = values::finite;
+};
+
+/// Runs op; on invalid_argument the pool must be unchanged, on success every element of the
+/// outputs must be what they may hold (output::want) and nothing outside their elements may have changed.
+template <class Op, std::size_t... R>
+void check_outputs(pool& P, Op&& op, const output<R>&... outs) {
   if (P.outside) return;
   const std::vector<float> before = P.mem;
   try {
@@ -161,33 +204,20 @@ void check_call(pool& P, const view<float, R>& out, Op&& op) {
     if (std::memcmp(before.data(), P.mem.data(), before.size() * sizeof(float)) != 0) std::abort();
     return;
   }
-  // success: out was valid, so its extents are >= 0 and its elements distinct and in the pool
+  // success: the outputs were valid, so their extents are >= 0 and their elements in the pool
   std::vector<char> is_out(static_cast<std::size_t>(kPool), 0);
-  bool empty = false;
-  for (index_t e : out.extents()) {
-    if (e < 0) std::abort();
-    empty = empty || e == 0;
-  }
-  std::array<index_t, R> ix{};
-  while (!empty) {
-    index_t off = 0;
-    for (std::size_t d = 0; d < R; ++d) off += ix[d] * out.stride(d);
-    const float* p = out.data() + off;
-    const index_t i = p - P.mem.data();
-    if (i < 0 || i >= kPool || !std::isfinite(*p)) std::abort();
-    is_out[static_cast<std::size_t>(i)] = 1;
-    std::size_t d = R;
-    while (d-- > 0) {
-      if (++ix[d] < out.extent(d)) break;
-      ix[d] = 0;
-    }
-    if (d == static_cast<std::size_t>(-1)) break;
-  }
+  (mark_output(P, outs.v, outs.want, is_out), ...);
   for (index_t i = 0; i < kPool; ++i)
     if (!is_out[static_cast<std::size_t>(i)] &&
         std::memcmp(&before[static_cast<std::size_t>(i)], &P.mem[static_cast<std::size_t>(i)],
                     sizeof(float)) != 0)
       std::abort();
+}
+
+/// check_outputs with the one output out.
+template <std::size_t R, class Op>
+void check_call(pool& P, const view<float, R>& out, Op&& op) {
+  check_outputs(P, op, output<R>{out});
 }
 
 /// True when the inputs have a huge extent (stride 0 over it) but element counts that fit: a call
@@ -277,7 +307,43 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       o.mask = mask_of(r, B, H, Lq, Lk, lens, P, true);
       o.scale = scale;
       o.threads = threads;
-      check_call(P, out, [&] { attnkit::full_attention(q, k, v, out, o); });
+      // (read last: inputs written before the training variants replay as before)
+      switch (r.byte() % 4) {
+        case 0:
+          check_call(P, out, [&] { attnkit::full_attention(q, k, v, out, o); });
+          break;
+        case 1: {
+          auto lse = P.make(r, std::array<index_t, 3>{extent(r, B), extent(r, H), extent(r, Lq)});
+          check_outputs(
+              P, [&] { attnkit::full_attention(q, k, v, out, lse, o); }, output<4>{out},
+              output<3>{lse, values::lse});
+          break;
+        }
+        case 2: {  // the backward, from whatever out and lse the pool holds
+          auto lse = P.make(r, std::array<index_t, 3>{extent(r, B), extent(r, H), extent(r, Lq)});
+          auto dout = P.make(r, out.extents());
+          auto dq = P.make(r, q.extents());
+          auto dk = P.make(r, k.extents());
+          auto dv = P.make(r, v.extents());
+          const values g = gradient_values(scale);
+          check_outputs(
+              P, [&] { attnkit::full_attention_backward(q, k, v, out, lse, dout, dq, dk, dv, o); },
+              output<4>{dq, g}, output<4>{dk, g}, output<4>{dv, g});
+          break;
+        }
+        default: {  // merge two states into out (maybe in place of the first)
+          auto lse = P.make(r, std::array<index_t, 3>{extent(r, B), extent(r, H), extent(r, Lq)});
+          auto ob = P.make(r, out.extents());
+          auto lb = P.make(r, lse.extents());
+          const bool in_place = r.flag();
+          auto oo = in_place ? out : P.make(r, out.extents());
+          auto lo = in_place ? lse : P.make(r, lse.extents());
+          if (huge_but_addressable(out, ob)) return 0;
+          check_outputs(
+              P, [&] { attnkit::merge_attention_states(out, lse, ob, lb, oo, lo); }, output<4>{oo},
+              output<3>{lo, values::lse});
+        }
+      }
       break;
     }
     case 1: {
@@ -345,7 +411,30 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       const attnkit::relative_grid grid{extent(r, rows), extent(r, Lq / rows)};
       auto table = P.make(r, std::array<index_t, 3>{extent(r, H), extent(r, table_side(grid.rows)),
                                                     extent(r, table_side(grid.cols))});
-      check_call(P, out, [&] { attnkit::relative_attention_2d(q, k, v, table, grid, out, o); });
+      if (r.flag()) {
+        check_call(P, out, [&] { attnkit::relative_attention_2d(q, k, v, table, grid, out, o); });
+        break;
+      }
+      auto lse = P.make(r, std::array<index_t, 3>{extent(r, B), extent(r, H), extent(r, Lq)});
+      if (r.flag()) {
+        check_outputs(
+            P, [&] { attnkit::relative_attention_2d(q, k, v, table, grid, out, lse, o); }, output<4>{out},
+            output<3>{lse, values::lse});
+        break;
+      }
+      auto dout = P.make(r, out.extents());
+      auto dq = P.make(r, q.extents());
+      auto dk = P.make(r, k.extents());
+      auto dv = P.make(r, v.extents());
+      auto dtable = P.make(r, table.extents());
+      check_outputs(
+          P,
+          [&] {
+            attnkit::relative_attention_2d_backward(q, k, v, table, grid, out, lse, dout, dq, dk, dv, dtable,
+                                                    o);
+          },
+          output<4>{dq, gradient_values(scale)}, output<4>{dk, gradient_values(scale)},
+          output<4>{dv, gradient_values(scale)}, output<3>{dtable, gradient_values(scale)});
     }
   }
   return 0;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <attnkit/coatnet/relative_attention.hpp>
+#include <attnkit/coatnet/relative_backward.hpp>
 #include <attnkit/combiner/attention.hpp>
 #include <attnkit/combiner/probabilities.hpp>
 #include <attnkit/favor/attention.hpp>
@@ -46,6 +47,16 @@
   EXTERN template void attnkit::relative_attention_2d<attnkit::simd::ARCH, T>(                              \
       attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
       attnkit::tensor_view<const T, 3>, attnkit::relative_grid, attnkit::tensor_view<T, 4>,                 \
+      const attnkit::relative_options&);                                                                    \
+  EXTERN template void attnkit::relative_attention_2d<attnkit::simd::ARCH, T>(                              \
+      attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
+      attnkit::tensor_view<const T, 3>, attnkit::relative_grid, attnkit::tensor_view<T, 4>,                 \
+      attnkit::tensor_view<T, 3>, const attnkit::relative_options&);                                        \
+  EXTERN template void attnkit::relative_attention_2d_backward<attnkit::simd::ARCH, T>(                     \
+      attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<const T, 4>, \
+      attnkit::tensor_view<const T, 3>, attnkit::relative_grid, attnkit::tensor_view<const T, 4>,           \
+      attnkit::tensor_view<const T, 3>, attnkit::tensor_view<const T, 4>, attnkit::tensor_view<T, 4>,       \
+      attnkit::tensor_view<T, 4>, attnkit::tensor_view<T, 4>, attnkit::tensor_view<T, 3>,                   \
       const attnkit::relative_options&);
 
 // The Combiner oracle (combiner_probabilities in double, default Arch) is the slowest part of the

@@ -16,6 +16,90 @@
 
 ATTNKIT_BEGIN_NAMESPACE
 
+namespace detail {
+
+/// A checked relative-attention call: its shape, scale and grid.
+struct relative_call {
+  attention_shape s;
+  double scale;
+  index_t H, W;
+};
+
+/// The checks every relative-attention entry makes on its inputs (out: the forward's output, or
+/// the out a backward is given).
+template <class T, class O>
+relative_call check_relative(const char* where, const tensor_view<const T, 4>& q,
+                             const tensor_view<const T, 4>& k, const tensor_view<const T, 4>& v,
+                             const tensor_view<const T, 3>& table, relative_grid grid,
+                             const tensor_view<O, 4>& out, const relative_options& options) {
+  const attention_shape s = check_attention_views(where, q, k, v, out, options.mask, /*allow_bias=*/false);
+  require(options.mask.causal == causal_mode::none, where,
+          "mask.causal must be none: relative attention is bidirectional (the table is the bias)");
+  check_threads(options.threads, where);
+  const double scale = resolve_scale<T>(options.scale, s.dk, where);
+  require(options.mode == relative_mode::pre_softmax || options.mode == relative_mode::post_softmax, where,
+          "options.mode is not a relative_mode value");
+  require(options.offset == relative_offset::key_minus_query ||
+              options.offset == relative_offset::query_minus_key,
+          where, "options.offset is not a relative_offset value");
+  const index_t H = grid.rows, W = grid.cols;
+  // (2H - 1 and 2W - 1 below must not overflow: an empty sequence admits a grid of 0 x huge)
+  constexpr index_t half = std::numeric_limits<index_t>::max() / 2;
+  require(grid_covers(H, W, s.Lq) && s.Lq == s.Lk && H <= half && W <= half, where, [&] {
+    return std::string("grid is " + std::to_string(H) + " x " + std::to_string(W) +
+                       ": rows * cols must equal the sequence length (Lq = " + std::to_string(s.Lq) +
+                       ", Lk = " + std::to_string(s.Lk) + ", self-attention on the grid)");
+  });
+  const std::array<index_t, 3> want_t{s.H, std::max<index_t>(2 * H - 1, 0), std::max<index_t>(2 * W - 1, 0)};
+  require(table.extents() == want_t, where, [&] {
+    return std::string("table has shape " + shape_string(table.extents()) + ", expected " +
+                       shape_string(want_t) + " [heads, 2H - 1, 2W - 1] for a " + std::to_string(H) + " x " +
+                       std::to_string(W) + " grid");
+  });
+  require_view(table, where, "table");
+  return {s, scale, H, W};
+}
+
+template <class Arch, class T>
+void relative_attention_impl(tensor_view<const T, 4> q, tensor_view<const T, 4> k, tensor_view<const T, 4> v,
+                             tensor_view<const T, 3> table, relative_grid grid, tensor_view<T, 4> out,
+                             const tensor_view<T, 3>* lse, const relative_options& options) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "relative_attention_2d: float or double");
+  constexpr const char* where = "attnkit::relative_attention_2d";
+  const relative_call rc = check_relative(where, q, k, v, table, grid, out, options);
+  const attention_shape& s = rc.s;
+  require_disjoint(where, arg("out", out), arg("table", table));
+  if (lse) {
+    check_lse(where, s, *lse, out, q, k, v, options.mask);
+    require_disjoint(where, arg("lse", *lse), arg("table", table));
+  }
+  if (out.empty() && !(lse && !lse->empty())) return;
+  q = addressable(q);
+  k = addressable(k);
+  v = addressable(v);
+  out = addressable_output(out);
+  const tensor_view<T, 3> no_lse{};
+  const bool post = options.mode == relative_mode::post_softmax;
+  const std::vector<T> windows =
+      relative_windows<T>(table, rc.H, rc.W, options.offset, post ? T(1) : T(1.4426950408889634074));
+  using task_t = relative_task<Arch, T>;
+  constexpr index_t Br = task_t::Br;
+  const index_t nblk = (s.Lq + Br - 1) / Br, ntasks = s.B * s.H * nblk;
+  const int nt = resolve_threads(options.threads, ntasks);
+  std::vector<relative_workspace<T>> ws;
+  ws.reserve(static_cast<std::size_t>(nt));
+  for (int t = 0; t < nt; ++t) ws.emplace_back(s.dk, s.dv, Br, task_t::Bc);
+  const task_t task(s, q, k, v, out, lse ? *lse : no_lse, windows, rc.H, rc.W, post, options.mask,
+                    static_cast<T>(rc.scale * 1.4426950408889634074));
+  parallel_for(ntasks, nt, [&](index_t t, int thread) {
+    const index_t bh = t / nblk;
+    task.run(bh / s.H, bh % s.H, (t % nblk) * Br, ws[static_cast<std::size_t>(thread)]);
+  });
+}
+
+}  // namespace detail
+
 /// 2D relative attention on an H x W grid (L = H * W positions in raster order):
 ///   pre_softmax:  out_i = sum_j softmax_j(scale q_i . k_j + w_h[dy, dx]) v_j
 ///   post_softmax: out_i = sum_j (softmax_j(scale q_i . k_j) + w_h[dy, dx]) v_j
@@ -32,56 +116,21 @@ void relative_attention_2d(tensor_view<const detail::identity_t<T>, 4> q,
                            tensor_view<const detail::identity_t<T>, 4> v,
                            tensor_view<const detail::identity_t<T>, 3> table, relative_grid grid,
                            tensor_view<T, 4> out, const relative_options& options = {}) {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
-                "relative_attention_2d: float or double");
-  constexpr const char* where = "attnkit::relative_attention_2d";
-  const detail::attention_shape s =
-      detail::check_attention_views(where, q, k, v, out, options.mask, /*allow_bias=*/false);
-  detail::require(options.mask.causal == causal_mode::none, where,
-                  "mask.causal must be none: relative attention is bidirectional (the table is the bias)");
-  detail::check_threads(options.threads, where);
-  const double scale = detail::resolve_scale<T>(options.scale, s.dk, where);
-  detail::require(options.mode == relative_mode::pre_softmax || options.mode == relative_mode::post_softmax,
-                  where, "options.mode is not a relative_mode value");
-  detail::require(options.offset == relative_offset::key_minus_query ||
-                      options.offset == relative_offset::query_minus_key,
-                  where, "options.offset is not a relative_offset value");
-  const index_t H = grid.rows, W = grid.cols;
-  // (2H - 1 and 2W - 1 below must not overflow: an empty sequence admits a grid of 0 x huge)
-  constexpr index_t half = std::numeric_limits<index_t>::max() / 2;
-  detail::require(detail::grid_covers(H, W, s.Lq) && s.Lq == s.Lk && H <= half && W <= half, where, [&] {
-    return std::string("grid is " + std::to_string(H) + " x " + std::to_string(W) +
-                       ": rows * cols must equal the sequence length (Lq = " + std::to_string(s.Lq) +
-                       ", Lk = " + std::to_string(s.Lk) + ", self-attention on the grid)");
-  });
-  const std::array<index_t, 3> want_t{s.H, std::max<index_t>(2 * H - 1, 0), std::max<index_t>(2 * W - 1, 0)};
-  detail::require(table.extents() == want_t, where, [&] {
-    return std::string("table has shape " + detail::shape_string(table.extents()) + ", expected " +
-                       detail::shape_string(want_t) + " [heads, 2H - 1, 2W - 1] for a " + std::to_string(H) +
-                       " x " + std::to_string(W) + " grid");
-  });
-  detail::require_view(table, where, "table");
-  detail::require_disjoint(where, detail::arg("out", out), detail::arg("table", table));
-  if (out.empty()) return;
-  q = detail::addressable(q);
-  k = detail::addressable(k);
-  v = detail::addressable(v);
-  const bool post = options.mode == relative_mode::post_softmax;
-  const std::vector<T> windows =
-      detail::relative_windows<T>(table, H, W, options.offset, post ? T(1) : T(1.4426950408889634074));
-  using task_t = detail::relative_task<Arch, T>;
-  constexpr index_t Br = task_t::Br;
-  const index_t nblk = (s.Lq + Br - 1) / Br, ntasks = s.B * s.H * nblk;
-  const int nt = resolve_threads(options.threads, ntasks);
-  std::vector<detail::relative_workspace<T>> ws;
-  ws.reserve(static_cast<std::size_t>(nt));
-  for (int t = 0; t < nt; ++t) ws.emplace_back(s.dk, s.dv, Br, task_t::Bc);
-  const task_t task(s, q, k, v, out, windows, H, W, post, options.mask,
-                    static_cast<T>(scale * 1.4426950408889634074));
-  parallel_for(ntasks, nt, [&](index_t t, int thread) {
-    const index_t bh = t / nblk;
-    task.run(bh / s.H, bh % s.H, (t % nblk) * Br, ws[static_cast<std::size_t>(thread)]);
-  });
+  detail::relative_attention_impl<Arch, T>(q, k, v, table, grid, out, nullptr, options);
+}
+
+/// The same, and lse [B, heads, L] = ln sum_{j visible} exp(logit_ij) of every query row, the
+/// state relative_attention_2d_backward takes: logit = scale q_i . k_j + w_h[dy, dx] (pre_softmax)
+/// or scale q_i . k_j (post_softmax: the softmax's own). -inf for a row that sees no key. The out
+/// bits are those of the call without lse; lse must overlap neither out nor the inputs.
+template <class Arch = simd::native, class T>
+void relative_attention_2d(tensor_view<const detail::identity_t<T>, 4> q,
+                           tensor_view<const detail::identity_t<T>, 4> k,
+                           tensor_view<const detail::identity_t<T>, 4> v,
+                           tensor_view<const detail::identity_t<T>, 3> table, relative_grid grid,
+                           tensor_view<T, 4> out, tensor_view<T, 3> lse,
+                           const relative_options& options = {}) {
+  detail::relative_attention_impl<Arch, T>(q, k, v, table, grid, out, &lse, options);
 }
 
 /// Resizes a relative table [heads, 2H - 1, 2W - 1] to another grid (rows x cols): the table

@@ -77,6 +77,15 @@ tensor_view<const T, R> addressable(const tensor_view<const T, R>& x) {
   return tensor_view<const T, R>(zero, x.extents(), {});
 }
 
+/// An output view the kernels may index: an empty one (e.g. dv = 0 beside a non-empty lse) becomes
+/// the same extents with zero strides, so no element address is formed from strides no check
+/// bounded. Nothing is written through it.
+template <class T, std::size_t R>
+tensor_view<T, R> addressable_output(const tensor_view<T, R>& x) {
+  if (x.size() != 0) return x;
+  return tensor_view<T, R>(x.data(), x.extents(), {});
+}
+
 /// Checks a scale (0: default 1/sqrt(dk)) and returns the one to use: finite, and small enough
 /// that the kernels' scale * log2(e) is a finite T (|scale| <= max(T) / 2).
 template <class T>
@@ -103,6 +112,21 @@ struct identity {
 };
 template <class T>
 using identity_t = typename identity<T>::type;
+
+/// Checks lse [B, H, Lq] of a call with shape s: its extents, and memory that overlaps neither out
+/// nor any input.
+template <class T>
+void check_lse(const char* where, const attention_shape& s, const tensor_view<T, 3>& lse,
+               const tensor_view<T, 4>& out, const tensor_view<const T, 4>& q,
+               const tensor_view<const T, 4>& k, const tensor_view<const T, 4>& v, const mask& m) {
+  const std::array<index_t, 3> want{s.B, s.H, s.Lq};
+  require(lse.extents() == want, where, [&] {
+    return std::string("lse has shape " + shape_string(lse.extents()) + ", expected " + shape_string(want) +
+                       " (one log-sum-exp per query row)");
+  });
+  require_output(where, arg("lse", lse), arg("out", out), arg("q", q), arg("k", k), arg("v", v),
+                 arg("mask.key_lengths", m.key_lengths), arg("mask.bias", m.bias));
+}
 
 }  // namespace detail
 ATTNKIT_END_NAMESPACE

@@ -12,21 +12,6 @@ ATTNKIT_BEGIN_NAMESPACE
 
 namespace detail {
 
-/// Checks lse [B, H, Lq] of a call with shape s: its extents, and memory that overlaps neither out
-/// nor any input.
-template <class T>
-void check_lse(const char* where, const attention_shape& s, const tensor_view<T, 3>& lse,
-               const tensor_view<T, 4>& out, const tensor_view<const T, 4>& q,
-               const tensor_view<const T, 4>& k, const tensor_view<const T, 4>& v, const mask& m) {
-  const std::array<index_t, 3> want{s.B, s.H, s.Lq};
-  require(lse.extents() == want, where, [&] {
-    return std::string("lse has shape " + shape_string(lse.extents()) + ", expected " + shape_string(want) +
-                       " (one log-sum-exp per query row)");
-  });
-  require_output(where, arg("lse", lse), arg("out", out), arg("q", q), arg("k", k), arg("v", v),
-                 arg("mask.key_lengths", m.key_lengths), arg("mask.bias", m.bias));
-}
-
 template <class Arch, class T>
 void full_attention_impl(tensor_view<const T, 4> q, tensor_view<const T, 4> k, tensor_view<const T, 4> v,
                          tensor_view<T, 4> out, const tensor_view<T, 3>* lse,
@@ -41,6 +26,7 @@ void full_attention_impl(tensor_view<const T, 4> q, tensor_view<const T, 4> k, t
   q = addressable(q);
   k = addressable(k);
   v = addressable(v);
+  out = addressable_output(out);
   const tensor_view<T, 3> no_lse{};
   const tensor_view<T, 3>& l = lse ? *lse : no_lse;
   using B = simd::batch<T, Arch>;
@@ -113,6 +99,7 @@ void merge_attention_states(tensor_view<const detail::identity_t<T>, 4> out_a,
                          arg("out_b", unless_in_place(out_b, co)), arg("lse_a", lse_a), arg("lse_b", lse_b));
   detail::require_output(where, arg("lse", lse), arg("out", out), arg("out_a", out_a), arg("out_b", out_b),
                          arg("lse_a", unless_in_place(lse_a, cl)), arg("lse_b", unless_in_place(lse_b, cl)));
+  if (out.empty()) return;  // (dv may then be any extent, even one no buffer could hold)
   const index_t dv = e[3];
   std::vector<T> a(static_cast<std::size_t>(dv)), b(a.size()), r(a.size());
   for (index_t x = 0; x < e[0]; ++x)

@@ -4,9 +4,9 @@
 #include <tuple>
 
 #include "../core/attention_args.hpp"
+#include "../core/flash_backward.hpp"
 #include "../core/simd.hpp"
 #include "attention.hpp"
-#include "detail/backward.hpp"
 #include "detail/backward_decode.hpp"
 #include "options.hpp"
 
@@ -32,32 +32,9 @@ void full_attention_backward(
   constexpr const char* where = "attnkit::full_attention_backward";
   using detail::arg;
   const detail::attention_shape s = detail::check_attention_views(where, q, k, v, out, options.mask, true);
-  auto same = [&](const char* name, const auto& x, const auto& want, const char* like) {
-    detail::require_view(x, where, name);
-    detail::require(x.extents() == want, where, [&] {
-      return std::string(name) + " has shape " + detail::shape_string(x.extents()) + ", expected " +
-             detail::shape_string(want) + " (the shape of " + like + ")";
-    });
-  };
-  same("lse", lse, std::array<index_t, 3>{s.B, s.H, s.Lq}, "out without its last axis");
-  same("dout", dout, out.extents(), "out");
-  same("dq", dq, q.extents(), "q");
-  same("dk", dk, k.extents(), "k");
-  same("dv", dv, v.extents(), "v");
   const auto& m = options.mask;
-  auto inputs = [&](auto&&... more) {
-    return std::make_tuple(arg("q", q), arg("k", k), arg("v", v), arg("out", out), arg("lse", lse),
-                           arg("dout", dout), arg("mask.key_lengths", m.key_lengths),
-                           arg("mask.bias", m.bias), more...);
-  };
-  std::apply(
-      [&](auto&&... in) {
-        detail::require_output(where, arg("dq", dq), in..., arg("dk", dk), arg("dv", dv));
-      },
-      inputs());
-  std::apply([&](auto&&... in) { detail::require_output(where, arg("dk", dk), in..., arg("dv", dv)); },
-             inputs());
-  std::apply([&](auto&&... in) { detail::require_output(where, arg("dv", dv), in...); }, inputs());
+  detail::check_backward(where, s, q, k, v, out, lse, dout, dq, dk, dv,
+                         std::make_tuple(arg("mask.key_lengths", m.key_lengths), arg("mask.bias", m.bias)));
   detail::check_threads(options.threads, where);
   const double scale = detail::resolve_scale<T>(options.scale, s.dk, where);
   if (dq.empty() && dk.empty() && dv.empty()) return;
@@ -68,16 +45,16 @@ void full_attention_backward(
       detail::addressable(out),
       detail::addressable(dout),
       detail::addressable(lse),
-      dq,
-      dk,
-      dv,
+      detail::addressable_output(dq),
+      detail::addressable_output(dk),
+      detail::addressable_output(dv),
       m.bias ? detail::broadcast_bias(m.bias, s.B, s.H, s.Lq, s.Lk) : tensor_view<const float, 4>{}};
   // Few rows per kv head cannot fill a tile (as in the forward): dot products, keys in chunks.
   constexpr index_t Br = detail::flash_tiling<T, Arch>::NV * simd::batch<T, Arch>::size;
   if (3 * s.Lq * s.group() <= Br)
     detail::decode_attention_backward<Arch, T>(s, x, options, scale);
   else
-    detail::flash_attention_backward<Arch, T>(s, x, options, scale);
+    detail::flash_attention_backward<Arch, T>(s, x, options.mask, options.threads, scale);
 }
 
 ATTNKIT_END_NAMESPACE

@@ -25,10 +25,12 @@
 ATTNKIT_BEGIN_NAMESPACE
 namespace detail {
 
-/// The per-head windows C (see above), multiplied by `factor`.
+/// The per-head windows C (see above), multiplied by `factor`. With G > 1 the windows of the G
+/// heads that share a kv head are interleaved, [heads / G][xj][(2H - 1) W][G], as the backward's
+/// columns are (column = i G + g): bias(i G + g, j) = C[h / G][xj][((H - 1 - yj) W + i) G + g].
 template <class T, class U>
 std::vector<T> relative_windows(const tensor_view<const U, 3>& table, index_t H, index_t W,
-                                relative_offset off, T factor) {
+                                relative_offset off, T factor, index_t G = 1) {
   const index_t heads = table.extent(0), R = 2 * H - 1;
   std::vector<T> c(static_cast<std::size_t>(heads * W * R * W));
   for (index_t h = 0; h < heads; ++h)
@@ -39,7 +41,7 @@ std::vector<T> relative_windows(const tensor_view<const U, 3>& table, index_t H,
           const T w = off == relative_offset::key_minus_query
                           ? static_cast<T>(table(h, 2 * H - 2 - r, W - 1 + xj - x))
                           : static_cast<T>(table(h, r, W - 1 + x - xj));
-          c[static_cast<std::size_t>(((h * W + xj) * R + r) * W + x)] = w * factor;
+          c[static_cast<std::size_t>((((h / G) * W + xj) * R * W + r * W + x) * G + h % G)] = w * factor;
         }
   return c;
 }
@@ -64,13 +66,14 @@ class relative_task {
   static constexpr index_t Bc = flash_tiling<T, Arch>::Bc;
 
   relative_task(const attention_shape& s, const tensor_view<const T, 4>& q, const tensor_view<const T, 4>& k,
-                const tensor_view<const T, 4>& v, const tensor_view<T, 4>& out, const std::vector<T>& windows,
-                index_t H, index_t Wd, bool post, const mask& msk, T qscale)
+                const tensor_view<const T, 4>& v, const tensor_view<T, 4>& out, const tensor_view<T, 3>& lse,
+                const std::vector<T>& windows, index_t H, index_t Wd, bool post, const mask& msk, T qscale)
       : s_(s),
         q_(q),
         k_(k),
         v_(v),
         out_(out),
+        lse_(lse),
         c_(windows),
         H_(H),
         W_(Wd),
@@ -115,6 +118,9 @@ class relative_task {
     write_columns<Arch>(
         cb, 0, s_.dv, n, [&](index_t c) { return out_.ptr(b, h, i0 + c, 0); }, out_.stride(3),
         post_ ? w.ot2.data() : nullptr);
+    // lse (when given) = ln sum_j exp(logit_j) (post_softmax: the softmax's logits, without the table)
+    if (lse_)
+      for (index_t c = 0; c < n; ++c) lse_(b, h, i0 + c) = state_log_sum_exp(cb.m.data()[c], cb.l.data()[c]);
   }
 
  private:
@@ -153,6 +159,7 @@ class relative_task {
   const tensor_view<const T, 4>& k_;
   const tensor_view<const T, 4>& v_;
   const tensor_view<T, 4>& out_;
+  const tensor_view<T, 3>& lse_;
   const std::vector<T>& c_;
   index_t H_, W_;
   bool post_;

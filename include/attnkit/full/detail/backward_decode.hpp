@@ -12,10 +12,11 @@
 #include <vector>
 
 #include "../../core/attention_args.hpp"
+#include "../../core/flash_backward.hpp"
 #include "../../core/math.hpp"
 #include "../../core/parallel.hpp"
 #include "../../core/softmax.hpp"
-#include "backward.hpp"
+#include "../options.hpp"
 #include "decode.hpp"
 
 ATTNKIT_BEGIN_NAMESPACE
